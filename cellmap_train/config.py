@@ -1,0 +1,57 @@
+"""Where the config tree lives, OmegaConf resolvers it uses, and checks on the top-level
+shorthands that turn a mistyped override into one clear line before anything runs."""
+
+from __future__ import annotations
+
+import numbers
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+from cellmap_train.errors import ConfigError
+
+CONFIG_NAME = "config"
+
+
+def config_dir() -> str:
+    """conf/ of the checkout when running from one, else the copy shipped in the wheel."""
+    checkout = Path(__file__).resolve().parents[1] / "conf"
+    return str(checkout) if (checkout / f"{CONFIG_NAME}.yaml").is_file() else "pkg://cellmap_train.conf"
+
+
+def register_resolvers() -> None:
+    if not OmegaConf.has_resolver("len"):
+        OmegaConf.register_new_resolver("len", lambda items: len(items))
+    if not OmegaConf.has_resolver("if"):  # ${if:${use_s3},a,b}: pick by a boolean shorthand
+        OmegaConf.register_new_resolver("if", lambda condition, then, otherwise: then if condition else otherwise)
+
+
+register_resolvers()
+
+# shorthand -> (accepted types, predicate, what it must be)
+_POSITIVE_INT = ((int,), lambda v: v >= 1, "an integer >= 1")
+_SHORTHANDS = {
+    "lr": ((numbers.Real,), lambda v: v > 0, "a positive number"),
+    "batch_size": _POSITIVE_INT,
+    "epochs": _POSITIVE_INT,
+    "iterations_per_epoch": _POSITIVE_INT,
+    "seed": ((int,), lambda v: v >= 0, "an integer >= 0"),
+    "validation_prob": ((numbers.Real,), lambda v: 0 <= v <= 1, "a number in [0, 1]"),
+    "validation_time_limit": ((numbers.Real, type(None)), lambda v: v is None or v > 0, "null or seconds > 0"),
+    "validation_batch_limit": ((int, type(None)), lambda v: v is None or v >= 1, "null or an integer >= 1"),
+    "load_model": ((str, type(None)), lambda v: v in (None, "latest", "best"), "latest, best or null"),
+    "use_s3": ((bool,), lambda v: True, "true or false"),
+}
+
+
+def check_shorthands(cfg: DictConfig) -> None:
+    """Raise ConfigError naming the first shorthand with a wrong type or value."""
+    for key, (types, ok, expected) in _SHORTHANDS.items():
+        if key not in cfg:
+            continue
+        value = cfg[key]
+        if isinstance(value, bool) and bool not in types or not isinstance(value, types) or not ok(value):
+            raise ConfigError(f"{key}={value!r}: must be {expected}")
+    classes = cfg.get("classes")
+    if not classes or not all(isinstance(c, str) and c for c in classes):
+        raise ConfigError(f"classes={OmegaConf.to_container(classes) if classes is not None else None}: must be a non-empty list of class names")

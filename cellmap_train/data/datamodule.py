@@ -1,0 +1,75 @@
+"""`CellMapData`: everything the engine needs from the data, built from one config group.
+
+It makes the demo data and the datasplit CSV when they are missing, opens every crop once to
+check it (so bad data fails before training starts) and hands out DataLoaders.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import torch
+from torch.utils.data import DataLoader
+
+from cellmap_train.data.dataset import ArrayInfo, CountingSampler, Crop, RandomCropDataset, ValidationTileDataset
+from cellmap_train.data.datasplit import make_datasplit_csv, read_datasplit
+from cellmap_train.data.demo import ensure_demo_data
+from cellmap_train.data.transforms import SampleTransforms
+from cellmap_train.errors import DataError
+
+
+class CellMapData:
+    def __init__(self, search_path: str, datasplit_path: str | os.PathLike, classes: Sequence[str],
+                 input_array_info: Mapping, target_array_info: Mapping | None = None, batch_size: int = 8,
+                 validation_prob: float = 0.15, seed: int = 42, weighted_sampler: bool = True,
+                 force_all_classes: bool | str = False, storage_options: Mapping | None = None,
+                 dataloader_kwargs: Mapping | None = None, make_demo: bool = False, train_on_validation: bool = False,
+                 train_transforms: SampleTransforms | None = None, val_transforms: SampleTransforms | None = None):
+        self.classes = list(classes)
+        self.batch_size = int(batch_size)
+        self.seed = int(seed)
+        self.input_info = ArrayInfo.parse(input_array_info, "input_array_info")
+        self.target_info = ArrayInfo.parse(target_array_info or input_array_info, "target_array_info")
+        self.storage_options = dict(storage_options or {})
+        self.dataloader_kwargs = dict(dataloader_kwargs or {})
+        if make_demo:
+            search_path = str(ensure_demo_data(search_path))
+        self.search_path = str(search_path)
+        self.datasplit_path = Path(datasplit_path)
+        if self.datasplit_path.exists():
+            entries = read_datasplit(self.datasplit_path)
+        else:
+            entries = make_datasplit_csv(self.classes, force_all_classes, validation_prob, base_path=self.search_path,
+                                         csv_path=self.datasplit_path, storage_options=self.storage_options, seed=self.seed)
+        crops = {usage: [Crop(e, self.classes, self.input_info, self.target_info, self.storage_options)
+                         for e in entries if e.usage == usage and set(e.classes) & set(self.classes)]
+                 for usage in ("train", "validate")}
+        if train_on_validation:
+            crops["train"] = crops["validate"]
+        for crop in crops["train"] + crops["validate"]:
+            crop.open()
+        self.train_set = RandomCropDataset(crops["train"], train_transforms, self.seed, weighted=weighted_sampler)
+        self.val_set = ValidationTileDataset(crops["validate"], val_transforms)
+        if len(self.val_set) == 0:
+            raise DataError(f"{self.datasplit_path}: no validation crops with any of {self.classes}")
+
+    @property
+    def spatial_dims(self) -> int:
+        return 2 if self.input_info.is_2d else 3
+
+    def _loader_kwargs(self) -> dict:
+        kwargs = {"pin_memory": torch.cuda.is_available(), **self.dataloader_kwargs}
+        if not kwargs.get("num_workers"):  # these options are errors without workers
+            kwargs.pop("persistent_workers", None)
+            kwargs.pop("prefetch_factor", None)
+        return kwargs
+
+    def train_loader(self, start_sample: int = 0) -> DataLoader:
+        """An endless loader whose first sample is number `start_sample` (resume continues the stream)."""
+        return DataLoader(self.train_set, batch_size=self.batch_size, sampler=CountingSampler(start_sample),
+                          **self._loader_kwargs())
+
+    def val_loader(self) -> DataLoader:
+        return DataLoader(self.val_set, batch_size=self.batch_size, shuffle=False, **self._loader_kwargs())

@@ -1,0 +1,182 @@
+"""Training and validation samples cut from CellMap crops by world coordinates.
+
+A sample is `raw [1, *S]` and `labels [C, *S]` (float32, NaN = unknown) where S is the
+requested shape, with a leading 1 dropped for 2D (`[1,H,W]` -> `H,W`). Stores are opened
+lazily in each process, so DataLoader workers never share file handles or S3 sessions.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Iterator, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset, Sampler
+
+from cellmap_train.data.datasplit import CropEntry
+from cellmap_train.data.ngff import ScaleLevel, open_level
+from cellmap_train.data.transforms import SampleTransforms
+from cellmap_train.errors import DataError
+
+
+@dataclass(frozen=True)
+class ArrayInfo:
+    shape: tuple[int, ...]
+    scale: tuple[float, ...]
+
+    @classmethod
+    def parse(cls, info, what: str) -> "ArrayInfo":
+        shape, scale = tuple(int(s) for s in info["shape"]), tuple(float(s) for s in info["scale"])
+        if len(shape) == 2:  # the challenge also spells 2D as (H, W)
+            shape = (1, *shape)
+        if len(scale) == 2:
+            scale = (scale[0], *scale)
+        if len(shape) != 3 or len(scale) != 3 or min(shape) < 1 or min(scale) <= 0:
+            raise DataError(f"{what}: shape must have 2 or 3 positive sizes and scale 2 or 3 positive voxel sizes, got {dict(info)}")
+        return cls(shape, scale)
+
+    @property
+    def extent(self) -> np.ndarray:
+        return np.asarray(self.shape) * np.asarray(self.scale)
+
+    @property
+    def is_2d(self) -> bool:
+        return self.shape[0] == 1
+
+
+class Crop:
+    """The raw level and per-class label levels of one annotated crop, opened on first use."""
+
+    def __init__(self, entry: CropEntry, classes: Sequence[str], input_info: ArrayInfo, target_info: ArrayInfo,
+                 storage_options: dict | None):
+        self.entry, self.classes = entry, list(classes)
+        self.input_info, self.target_info = input_info, target_info
+        self.storage_options = storage_options or {}
+        self._raw: ScaleLevel | None = None
+        self._labels: dict[str, ScaleLevel | None] | None = None
+
+    def __getstate__(self):  # worker processes reopen their own stores
+        return {**self.__dict__, "_raw": None, "_labels": None}
+
+    def open(self) -> "Crop":
+        if self._raw is None:
+            labels = {}
+            for cls in self.classes:
+                labels[cls] = open_level(self.entry.label_url(cls), self.target_info.scale, self.storage_options) if cls in self.entry.classes else None
+            self._labels = labels
+            self._raw = open_level(self.entry.raw_url, self.input_info.scale, self.storage_options)
+        return self
+
+    @property
+    def known(self) -> list[ScaleLevel]:
+        return [level for level in self.open()._labels.values() if level is not None]
+
+    def bounds(self) -> tuple[np.ndarray, np.ndarray]:
+        """World box covered by the annotation (union of its class arrays)."""
+        lows, highs = zip(*(level.world_bounds() for level in self.known))
+        return np.min(lows, axis=0), np.max(highs, axis=0)
+
+    def labelled_volume(self) -> float:
+        low, high = self.bounds()
+        return float(np.prod(high - low)) * len(self.known)
+
+    def read(self, centre: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Raw and labels of the sample centred at world point `centre` (nm)."""
+        self.open()
+        tinfo, iinfo = self.target_info, self.input_info
+        # snap to the label grid so targets are exact voxels, then cut raw around the same point
+        level0 = self.known[0]
+        grid = np.asarray(level0.translation) - np.asarray(level0.scale) / 2
+        t_low = grid + np.round((centre - tinfo.extent / 2 - grid) / tinfo.scale) * tinfo.scale
+        mid = t_low + tinfo.extent / 2
+        raw = self._raw.read(mid - iinfo.extent / 2, iinfo.shape, fill=0)
+        labels = np.stack([
+            level.read(t_low, tinfo.shape, fill=np.nan).astype(np.float32) if level is not None
+            else np.full(tinfo.shape, np.nan, dtype=np.float32)
+            for level in self._labels.values()
+        ])
+        return raw, labels
+
+
+def to_tensors(raw: np.ndarray, labels: np.ndarray, squeeze_z: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    if squeeze_z:
+        raw, labels = raw[0], labels[:, 0]
+    return torch.from_numpy(raw[None].copy()), torch.from_numpy(labels.copy())
+
+
+class RandomCropDataset(Dataset):
+    """Sample `i` is a random crop drawn from generator seed (seed, i): the same sample whatever
+    worker or epoch asks, which is what makes resumed runs exactly equal to uninterrupted ones."""
+
+    def __init__(self, crops: Sequence[Crop], transforms: SampleTransforms | None, seed: int, weighted: bool = True):
+        if not crops:
+            raise DataError("no training crops in the datasplit")
+        self.crops, self.transforms, self.seed = list(crops), transforms, int(seed)
+        volumes = np.array([c.labelled_volume() for c in self.crops]) if weighted else np.ones(len(self.crops))
+        self.probabilities = volumes / volumes.sum()
+        self.bounds = [c.bounds() for c in self.crops]
+        self.squeeze_z = self.crops[0].input_info.is_2d
+
+    def __len__(self) -> int:
+        return 2**62
+
+    def __getitem__(self, index: int):
+        rng = np.random.default_rng([self.seed, int(index)])
+        k = int(rng.choice(len(self.crops), p=self.probabilities))
+        low, high = self.bounds[k]
+        raw, labels = self.crops[k].read(rng.uniform(low, high))
+        if self.transforms is not None:
+            raw, labels = self.transforms(raw, labels, rng)
+        return to_tensors(raw, labels, self.squeeze_z)
+
+
+def tile_starts(low: float, high: float, tile: float) -> list[float]:
+    """Tile origins covering [low, high) evenly; one centred tile when the range is smaller."""
+    extent = high - low
+    if extent <= tile:
+        return [low + (extent - tile) / 2]
+    count = math.ceil(extent / tile - 1e-9)
+    step = (extent - tile) / (count - 1)
+    return [low + i * step for i in range(count)]
+
+
+class ValidationTileDataset(Dataset):
+    """A fixed grid of tiles over every validation crop (2D: every slice of the crop)."""
+
+    def __init__(self, crops: Sequence[Crop], transforms: SampleTransforms | None):
+        self.crops, self.transforms = list(crops), transforms
+        self.tiles: list[tuple[int, np.ndarray]] = []
+        for k, crop in enumerate(self.crops):
+            info = crop.target_info
+            low, high = crop.bounds()
+            axes = [tile_starts(lo, hi, ext) for lo, hi, ext in zip(low, high, info.extent)]
+            for z in axes[0]:
+                for y in axes[1]:
+                    for x in axes[2]:
+                        self.tiles.append((k, np.array([z, y, x]) + info.extent / 2))
+        self.squeeze_z = bool(self.crops) and self.crops[0].input_info.is_2d
+
+    def __len__(self) -> int:
+        return len(self.tiles)
+
+    def __getitem__(self, index: int):
+        k, centre = self.tiles[index]
+        raw, labels = self.crops[k].read(centre)
+        if self.transforms is not None:
+            raw, labels = self.transforms(raw, labels, np.random.default_rng(index))
+        return to_tensors(raw, labels, self.squeeze_z)
+
+
+class CountingSampler(Sampler[int]):
+    """Sample indices start, start+1, ... forever: the loop decides when an epoch ends."""
+
+    def __init__(self, start: int = 0):
+        self.start = int(start)
+
+    def __iter__(self) -> Iterator[int]:
+        index = self.start
+        while True:
+            yield index
+            index += 1

@@ -1,0 +1,75 @@
+"""The trainer's switches (conf/trainer/) as a plain dataclass, plus device and seeding helpers."""
+
+from __future__ import annotations
+
+import os
+import random
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from cellmap_train.errors import ConfigError
+
+
+@dataclass
+class TrainSettings:
+    epochs: int = 1000
+    iterations_per_epoch: int = 1000
+    seed: int = 42
+    device: str | None = None
+    model_name: str = "model"
+    model_save_path: str = "checkpoints/{model_name}_{epoch}.pth"
+    load_model: str | None = "latest"  # latest | best | None
+    model_to_load: str | None = None
+    validation_time_limit: float | None = None
+    validation_batch_limit: int | None = None
+    gradient_accumulation_steps: int = 1
+    max_grad_norm: float | None = None
+    amp: str | None = None  # None | bf16 | fp16
+    compile: bool = False
+    deterministic: bool = False
+    best_metric: str = "dice/mean"
+    low_is_best: bool = False
+    progress_bar: bool = True
+    run_dir: str = "."  # relative paths (model_save_path) are taken from here
+
+    def __post_init__(self):
+        self.model_to_load = self.model_to_load or self.model_name
+        if self.load_model in ("null", "none", "None", ""):
+            self.load_model = None
+        checks = [
+            (self.epochs >= 1, f"trainer.epochs must be >= 1, got {self.epochs}"),
+            (self.iterations_per_epoch >= 1, f"trainer.iterations_per_epoch must be >= 1, got {self.iterations_per_epoch}"),
+            (self.gradient_accumulation_steps >= 1, f"trainer.gradient_accumulation_steps must be >= 1, got {self.gradient_accumulation_steps}"),
+            (self.amp in (None, "bf16", "fp16"), f"trainer.amp must be null, bf16 or fp16, got {self.amp!r}"),
+            (self.load_model in (None, "latest", "best"), f"load_model must be latest, best or null, got {self.load_model!r}"),
+            ("{epoch}" in str(self.model_save_path), f"model_save_path must contain '{{epoch}}', got {self.model_save_path!r}"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ConfigError(message)
+
+
+def pick_device(name: str | None) -> torch.device:
+    """None = cuda, then mps, then cpu."""
+    if name:
+        try:
+            return torch.device(name)
+        except RuntimeError as err:
+            raise ConfigError(f"device={name!r}: {err}") from err
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def seed_everything(seed: int, deterministic: bool = False) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True)
+        torch.backends.cudnn.benchmark = False

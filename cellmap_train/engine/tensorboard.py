@@ -1,0 +1,59 @@
+"""TensorBoard logging: scalars, per-class image grids, and hyper-parameters for the HParams tab."""
+
+from __future__ import annotations
+
+import math
+import os
+from typing import Mapping, Sequence
+
+import torch
+from torch.utils.tensorboard import SummaryWriter
+
+
+class TensorBoardLogger:
+    def __init__(self, log_dir: str | os.PathLike, flush_secs: int = 30, images_per_class: int = 4):
+        self.log_dir = str(log_dir)
+        self.images_per_class = images_per_class
+        self.writer = SummaryWriter(self.log_dir, flush_secs=flush_secs)
+
+    def scalars(self, values: Mapping[str, float], step: int) -> None:
+        for tag, value in values.items():
+            if value is not None and not (isinstance(value, float) and math.isnan(value)):
+                self.writer.add_scalar(tag, float(value), step)
+
+    def images(self, raw: torch.Tensor, target: torch.Tensor, prob: torch.Tensor, classes: Sequence[str], step: int) -> None:
+        """One grid per class: rows raw / target / prediction for a few samples (middle z for 3D).
+        Unknown target voxels are drawn at 0.5 grey."""
+        if raw.ndim == 5:  # N, C, Z, Y, X -> middle slice
+            mid = raw.shape[2] // 2
+            raw, target, prob = raw[:, :, mid], target[:, :, mid], prob[:, :, mid]
+        n = min(self.images_per_class, raw.shape[0])
+        lo, hi = raw[:n].amin(dim=(1, 2, 3), keepdim=True), raw[:n].amax(dim=(1, 2, 3), keepdim=True)
+        shown_raw = (raw[:n] - lo) / (hi - lo).clamp_min(1e-8)
+        for c, cls in enumerate(classes):
+            truth = torch.nan_to_num(target[:n, c : c + 1], nan=0.5)
+            rows = torch.cat([shown_raw, truth, prob[:n, c : c + 1].float()], dim=0)  # 3n x 1 x H x W
+            grid = _grid(rows, columns=n)
+            self.writer.add_image(f"samples/{cls}", grid, step, dataformats="CHW")
+
+    def hparams(self, params: Mapping[str, object], metrics: Mapping[str, float]) -> None:
+        clean = {k: (v if isinstance(v, (int, float, str, bool)) else str(v)) for k, v in params.items()}
+        final = {f"hparam/{k}": float(v) for k, v in metrics.items() if v is not None and math.isfinite(float(v))}
+        self.writer.add_hparams(clean, final, run_name=".")
+
+    def flush(self) -> None:
+        self.writer.flush()
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+def _grid(images: torch.Tensor, columns: int, pad: int = 2) -> torch.Tensor:
+    """Tile N x 1 x H x W images into a 1 x H' x W' grid, `columns` per row (no torchvision needed)."""
+    count, _, height, width = images.shape
+    rows = math.ceil(count / columns)
+    grid = torch.ones(1, rows * (height + pad) - pad, columns * (width + pad) - pad)
+    for i in range(count):
+        r, c = divmod(i, columns)
+        grid[:, r * (height + pad) : r * (height + pad) + height, c * (width + pad) : c * (width + pad) + width] = images[i].clamp(0, 1)
+    return grid

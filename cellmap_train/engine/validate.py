@@ -1,0 +1,66 @@
+"""One validation pass: loss and per-class Dice/IoU over the validation tiles, within the
+configured time and batch limits."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Iterable, Sequence
+
+import torch
+
+from cellmap_train.engine.metrics import OverlapCounter
+
+
+@dataclass
+class ValidationResult:
+    metrics: dict[str, float]
+    batches: int
+    total_batches: int | None
+    seconds: float
+    samples: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = field(default=None, repr=False)
+
+    @property
+    def coverage(self) -> str:
+        total = "?" if self.total_batches is None else self.total_batches
+        return f"{self.batches}/{total} batches in {self.seconds:.1f}s"
+
+
+@torch.no_grad()
+def validate(model: torch.nn.Module, loader: Iterable, criterion, classes: Sequence[str], device: torch.device,
+             autocast: contextlib.AbstractContextManager | None = None, time_limit: float | None = None,
+             batch_limit: int | None = None, keep_samples: int = 4) -> ValidationResult:
+    """Averages over what was seen; stops at `batch_limit` batches or once `time_limit` s passed.
+    Keeps the first `keep_samples` (raw, target, probability) triples for TensorBoard images."""
+    was_training = model.training
+    model.eval()
+    counter = OverlapCounter(classes)
+    loss_sum, loss_weight, batches = 0.0, 0, 0
+    samples = None
+    start = time.perf_counter()
+    try:
+        total = len(loader)
+    except TypeError:
+        total = None
+    for raw, target in loader:
+        if batch_limit is not None and batches >= batch_limit:
+            break
+        if time_limit is not None and batches > 0 and time.perf_counter() - start > time_limit:
+            break
+        raw, target = raw.to(device, non_blocking=True), target.to(device, non_blocking=True)
+        with autocast or contextlib.nullcontext():
+            logits = model(raw)
+        logits = logits.float()
+        known = int((~torch.isnan(target)).sum())
+        if known:
+            loss_sum += float(criterion(logits, target)) * known
+            loss_weight += known
+        counter.update(logits, target)
+        if samples is None:
+            samples = (raw[:keep_samples].float().cpu(), target[:keep_samples].cpu(), torch.sigmoid(logits[:keep_samples]).cpu())
+        batches += 1
+    model.train(was_training)
+    metrics = {"loss/val": loss_sum / loss_weight if loss_weight else math.nan, **counter.scores()}
+    return ValidationResult(metrics, batches, total, time.perf_counter() - start, samples)

@@ -1,0 +1,17 @@
+"""Errors that mean "the user's input is wrong": reported as one line, never with a traceback."""
+
+
+class UserError(Exception):
+    """Base class: the message names what is wrong and where (file, crop, override, ...)."""
+
+
+class ConfigError(UserError):
+    pass
+
+
+class DataError(UserError):
+    pass
+
+
+class CheckpointError(UserError):
+    pass

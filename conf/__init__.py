@@ -1,0 +1,1 @@
+# Makes conf/ importable as cellmap_train.conf once installed (Hydra reads it via pkg://).
