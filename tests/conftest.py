@@ -1,0 +1,62 @@
+"""Shared fixtures: one demo dataset per test session, and a runner for real
+`python -m cellmap_train` subprocesses."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def demo_cache(tmp_path_factory) -> Path:
+    """A demo cache folder shared by the session (generated once, ~3 s)."""
+    from cellmap_train.data.demo import ensure_demo_data
+
+    cache = tmp_path_factory.mktemp("demo_cache")
+    ensure_demo_data(cache)
+    return cache
+
+
+@pytest.fixture(scope="session")
+def demo_root(demo_cache) -> Path:
+    """The demo datasets themselves (<root>/<ds>/<ds>.zarr/...)."""
+    from cellmap_train.data.demo import DEMO_VERSION
+
+    return demo_cache / f"v{DEMO_VERSION}"
+
+
+@pytest.fixture
+def run_cli(demo_cache, tmp_path):
+    """Run `python -m cellmap_train ARGS` in a subprocess; runs land under tmp_path/outputs."""
+
+    def run(*args: str, module: str = "cellmap_train", env: dict | None = None, timeout: float = 600,
+            cwd: Path | None = None, check: bool = False) -> subprocess.CompletedProcess:
+        full_env = {**os.environ, "CELLMAP_TRAIN_DEMO_DIR": str(demo_cache), "PYTHONUNBUFFERED": "1", **(env or {})}
+        full_env.pop("HYDRA_FULL_ERROR", None) if not (env or {}).get("HYDRA_FULL_ERROR") else None
+        proc = subprocess.run([sys.executable, "-m", module, *args], cwd=cwd or tmp_path, env=full_env,
+                              capture_output=True, text=True, timeout=timeout)
+        if check and proc.returncode != 0:
+            raise AssertionError(f"exit {proc.returncode}\nSTDOUT:\n{proc.stdout[-4000:]}\nSTDERR:\n{proc.stderr[-4000:]}")
+        return proc
+
+    return run
+
+
+@pytest.fixture
+def compose_cfg(tmp_path):
+    """Compose the config tree with the Compose API (no run), run folder = tmp_path."""
+    from hydra import compose, initialize_config_dir
+
+    from cellmap_train.config import config_dir
+
+    def compose_with(*overrides: str):
+        with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
+            return compose("config", overrides=[f"paths.output_dir={tmp_path}", *overrides], return_hydra_config=True)
+
+    return compose_with

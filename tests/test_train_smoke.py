@@ -1,0 +1,38 @@
+"""Layer 2: real training runs through `python -m cellmap_train` on the demo data."""
+
+from __future__ import annotations
+
+import math
+import re
+from pathlib import Path
+
+import pytest
+
+
+def event_tags(log_dir: Path) -> set[str]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    tags = set()
+    for events in log_dir.rglob("events.out.tfevents.*"):
+        acc = EventAccumulator(str(events), size_guidance={"scalars": 0})
+        acc.Reload()
+        tags |= set(acc.Tags()["scalars"])
+    return tags
+
+
+def test_two_step_training_writes_checkpoint_and_events(run_cli, tmp_path):
+    proc = run_cli("experiment=demo", "trainer=smoke", "hydra.run.dir=run", check=True)
+    run = tmp_path / "run"
+    checkpoints = sorted((run / "checkpoints").glob("2d_unet_*.pth"))
+    assert [p.name for p in checkpoints] == ["2d_unet_1.pth"]
+    tags = event_tags(run / "tensorboard" / "2d_unet")
+    assert {"loss/train", "loss/val", "dice/nuc", "dice/er", "dice/mito", "dice/mean"} <= tags
+    loss = float(re.search(r"loss/train ([0-9.eE+-]+|nan)", proc.stdout).group(1))
+    assert math.isfinite(loss)
+    assert (run / "datasplit.csv").read_text().count("\n") >= 2
+
+
+def test_3d_unet_trains_two_steps(run_cli, tmp_path):
+    run_cli("experiment=demo", "trainer=smoke", "model=3d_unet", "hydra.run.dir=run",
+            "input_array_info.shape=[16,32,32]", "batch_size=2", "model.base_features=4", "model.depth=2", check=True)
+    assert (tmp_path / "run" / "checkpoints" / "3d_unet_1.pth").is_file()
