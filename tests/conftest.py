@@ -52,11 +52,14 @@ def run_cli(demo_cache, tmp_path):
 def compose_cfg(tmp_path):
     """Compose the config tree with the Compose API (no run), run folder = tmp_path."""
     from hydra import compose, initialize_config_dir
+    from hydra.core.hydra_config import HydraConfig
 
     from cellmap_train.config import config_dir
 
     def compose_with(*overrides: str):
         with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
-            return compose("config", overrides=[f"paths.output_dir={tmp_path}", *overrides], return_hydra_config=True)
+            cfg = compose("config", overrides=[f"paths.output_dir={tmp_path}", *overrides], return_hydra_config=True)
+        HydraConfig.instance().set_config(cfg)  # what a real run does; ${hydra:...} needs it
+        return cfg
 
     return compose_with

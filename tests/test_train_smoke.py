@@ -36,3 +36,14 @@ def test_3d_unet_trains_two_steps(run_cli, tmp_path):
     run_cli("experiment=demo", "trainer=smoke", "model=3d_unet", "hydra.run.dir=run",
             "input_array_info.shape=[16,32,32]", "batch_size=2", "model.base_features=4", "model.depth=2", check=True)
     assert (tmp_path / "run" / "checkpoints" / "3d_unet_1.pth").is_file()
+
+
+@pytest.mark.slow
+def test_demo_experiment_learns(run_cli, tmp_path):
+    """README command (1): the demo run ends with a checkpoint, event files and a higher Dice."""
+    proc = run_cli("experiment=demo", "hydra.run.dir=run", check=True)
+    match = re.search(r"epoch 1 ([0-9.]+) -> final ([0-9.]+)", proc.stdout)
+    first, final = float(match.group(1)), float(match.group(2))
+    assert final > first + 0.1, proc.stdout
+    assert (tmp_path / "run" / "checkpoints" / "2d_unet_10.pth").is_file()
+    assert {"loss/train", "loss/val", "dice/nuc"} <= event_tags(tmp_path / "run" / "tensorboard" / "2d_unet")
