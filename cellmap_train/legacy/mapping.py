@@ -1,0 +1,217 @@
+"""Map every variable the challenge's `train()` reads to overrides of this project's config."""
+
+from __future__ import annotations
+
+from numbers import Real
+from pathlib import Path
+from typing import Any
+
+from cellmap_train.legacy.fold import Call, PathValue, Ref, first_unknown
+from cellmap_train.legacy.objects import (callee, custom_model_target, map_criterion, map_custom_model, map_model,
+                                          map_model_by_name, map_optimizer, map_scheduler, needs_execution)
+from cellmap_train.legacy.plan import Plan
+from cellmap_train.legacy.reader import ConfigFile
+
+# what a value must be: (test, words for the error)
+NUMBER = (lambda v: isinstance(v, Real) and not isinstance(v, bool), "a number")
+INTEGER = (lambda v: isinstance(v, int) and not isinstance(v, bool), "an integer")
+BOOLEAN = (lambda v: isinstance(v, bool), "True or False")
+TEXT = (lambda v: isinstance(v, str), "a string")
+PATH = (lambda v: isinstance(v, (str, PathValue)), "a path string")
+
+
+def optional(kind):
+    test, words = kind
+    return (lambda v: v is None or test(v), f"None or {words}")
+
+
+# challenge variable -> (our key, kind)
+SIMPLE = {
+    "learning_rate": ("lr", NUMBER),
+    "batch_size": ("batch_size", INTEGER),
+    "epochs": ("epochs", INTEGER),
+    "iterations_per_epoch": ("iterations_per_epoch", INTEGER),
+    "random_seed": ("seed", INTEGER),
+    "validation_prob": ("validation_prob", NUMBER),
+    "validation_time_limit": ("validation_time_limit", optional(NUMBER)),
+    "validation_batch_limit": ("validation_batch_limit", optional(INTEGER)),
+    "device": ("device", optional(TEXT)),
+    "use_s3": ("use_s3", BOOLEAN),
+    "model_name": ("model_name", TEXT),
+    "model_to_load": ("model_to_load", TEXT),
+    "model_save_path": ("model_save_path", PATH),
+    "logs_save_path": ("logs_save_path", PATH),
+    "datasplit_path": ("datasplit_path", PATH),
+    "gradient_accumulation_steps": ("trainer.gradient_accumulation_steps", INTEGER),
+    "max_grad_norm": ("trainer.max_grad_norm", optional(NUMBER)),
+    "weighted_sampler": ("data.weighted_sampler", BOOLEAN),
+    "filter_by_scale": ("data.filter_by_scale", (lambda v: isinstance(v, (bool, Real, list, tuple)), "a bool, a scale or a list of scales")),
+}
+UNSUPPORTED = {
+    "use_mutual_exclusion": "mutually exclusive class relations are not supported",
+    "smoothing_window": "best-epoch smoothing by a window is not supported (see trainer.best_metric_ema)",
+    "debug_memory": "memory debugging is not supported",
+}
+SPATIAL_AXES = "zyx"
+# every variable the challenge reads: anything else in the file is a helper and only used for folding
+READ = {*SIMPLE, *UNSUPPORTED, "classes", "input_array_info", "target_array_info", "load_model", "model", "model_kwargs",
+        "optimizer", "scheduler", "scheduler_kwargs", "criterion", "criterion_kwargs", "weight_loss",
+        "force_all_classes", "dataloader_kwargs", "spatial_transforms", "train_raw_value_transforms",
+        "val_raw_value_transforms", "target_value_transforms", "low_is_best"}
+
+
+def check(plan: Plan, name: str, value: Any, kind) -> Any:
+    test, words = kind
+    if not test(value):
+        shown = f"a string {value!r}" if isinstance(value, str) else f"a call {value.source}" if isinstance(value, Call) else repr(value)
+        raise plan.error(name, f"must be {words}, got {shown}")
+    return value
+
+
+def build_plan(config: ConfigFile, allow_exec: bool = False) -> Plan:
+    plan = Plan(config, allow_exec=allow_exec)
+    values = {k: v for k, v in config.values.items() if k in READ}
+    for name, value in values.items():
+        unknown = first_unknown(value if not isinstance(value, Call) else [])
+        why = needs_execution(value) if isinstance(value, Call) and name != "model" else None
+        if unknown is not None or why:
+            plan.need_exec(name, f"not known without running the file: {why or unknown.why}")
+    if plan.needs_exec:
+        return plan
+    plan.group("data", "cellmap")  # the challenge always trains on the real data (local or S3)
+    classes = map_classes(plan, values)
+    shape = map_array_info(plan, values)
+    for name, (key, kind) in SIMPLE.items():
+        if name in values:
+            plan.set(key, check(plan, name, values[name], kind))
+    map_load_model(plan, values)
+    map_model_choice(plan, values, len(classes), shape)
+    learning_rate = values.get("learning_rate", 1e-4)
+    if "optimizer" in values:
+        map_optimizer(plan, values["optimizer"], learning_rate)
+    else:  # the challenge's default: RAdam with decoupled weight decay
+        plan.set("optimizer.decoupled_weight_decay", True)
+    map_scheduler(plan, values.get("scheduler"), dict_of(plan, values, "scheduler_kwargs"))
+    map_criterion(plan, values.get("criterion"), dict_of(plan, values, "criterion_kwargs"))
+    map_data_options(plan, values)
+    map_spatial_transforms(plan, values, shape)
+    map_value_transforms(plan, values)
+    for name, why in UNSUPPORTED.items():
+        if values.get(name):
+            plan.note(name, why)
+    return plan
+
+
+def dict_of(plan: Plan, values: dict, name: str) -> dict:
+    value = values.get(name) or {}
+    if not isinstance(value, dict):
+        raise plan.error(name, f"must be a dict, got {value!r}")
+    return value
+
+
+def map_classes(plan: Plan, values: dict) -> list:
+    if "classes" not in values:
+        return ["nuc", "er"]
+    classes = values["classes"]
+    if not isinstance(classes, (list, tuple)) or not classes or not all(isinstance(c, str) and c for c in classes):
+        raise plan.error("classes", f"must be a non-empty list of class names, got {classes!r}")
+    plan.set("classes", list(classes))
+    return list(classes)
+
+
+def array_info(plan: Plan, name: str, info: Any) -> dict:
+    if not isinstance(info, dict) or set(info) != {"shape", "scale"}:
+        raise plan.error(name, f"must be a dict with exactly 'shape' and 'scale', got {info!r}")
+    shape, scale = info["shape"], info["scale"]
+    if not isinstance(shape, (list, tuple)) or len(shape) not in (2, 3) or not all(INTEGER[0](s) and s > 0 for s in shape):
+        raise plan.error(name, f"shape must be 2 or 3 positive integers, got {shape!r}")
+    if not isinstance(scale, (list, tuple)) or len(scale) not in (2, 3) or not all(NUMBER[0](s) and s > 0 for s in scale):
+        raise plan.error(name, f"scale must be 2 or 3 positive numbers, got {scale!r}")
+    return {"shape": list(shape), "scale": list(scale)}
+
+
+def map_array_info(plan: Plan, values: dict) -> list:
+    shape = [1, 128, 128]
+    for name in ("input_array_info", "target_array_info"):
+        if name in values:
+            info = array_info(plan, name, values[name])
+            plan.set(name, info)
+            shape = info["shape"] if name == "input_array_info" else shape
+    return shape
+
+
+def map_load_model(plan: Plan, values: dict) -> None:
+    if "load_model" not in values:
+        return
+    value = check(plan, "load_model", values["load_model"], optional(TEXT))
+    plan.set("load_model", value.lower() if value and value.lower() in ("latest", "best") else None)
+
+
+def map_model_choice(plan: Plan, values: dict, n_classes: int, shape: list) -> None:
+    model = values.get("model")
+    if model is not None:
+        why = needs_execution(model)
+        if why and plan.allow_exec and isinstance(model, Call):
+            map_custom_model(plan, model, custom_model_target(plan, model, Path(plan.config.path)))
+        elif why:
+            plan.need_exec("model", why)
+        else:
+            map_model(plan, model, n_classes, shape)
+    elif "model_name" in values or "model_kwargs" in values:
+        map_model_by_name(plan, values.get("model_name", "2d_unet"), dict_of(plan, values, "model_kwargs"),
+                          n_classes, shape)
+
+
+def map_data_options(plan: Plan, values: dict) -> None:
+    force = values.get("force_all_classes", "validate")  # the challenge's default
+    if force not in (True, False, "train", "validate"):
+        raise plan.error("force_all_classes", f"must be True, False, 'train' or 'validate', got {force!r}")
+    plan.set("data.force_all_classes", force)
+    for key, value in dict_of(plan, values, "dataloader_kwargs").items():
+        plan.set(f"data.dataloader_kwargs.{key}", value)
+    if values.get("weight_loss", True) and "pos_weight" not in dict_of(plan, values, "criterion_kwargs"):
+        if "weight_loss" in values:
+            plan.note("weight_loss", "class weights from the data are not computed; set loss.pos_weight to weight classes")
+    if "low_is_best" in values:
+        plan.set("trainer.best_metric", "loss/val")  # the challenge ranks epochs by validation loss
+        plan.set("trainer.low_is_best", check(plan, "low_is_best", values["low_is_best"], BOOLEAN))
+
+
+def map_spatial_transforms(plan: Plan, values: dict, shape: list) -> None:
+    if "spatial_transforms" not in values:
+        return
+    spec = values["spatial_transforms"]
+    if spec is None or spec == {}:
+        plan.set("transforms.train.spatial", None)
+        return
+    if not isinstance(spec, dict) or set(spec) - {"mirror", "transpose", "rotate"}:
+        raise plan.error("spatial_transforms", f"must be a dict of mirror/transpose/rotate, got {spec!r}")
+    axes = {kind: (spec[kind] or {}).get("axes") if isinstance(spec.get(kind), dict) else None for kind in spec}
+    flat = len(shape) == 2 or shape[0] == 1
+    mirror, rotate = axes.get("mirror"), axes.get("rotate")
+    # zeros for the axes not named, so the dicts replace (not merge into) the defaults
+    plan.set("transforms.train.spatial.mirror", {a: float(mirror.get(a, 0.0)) for a in SPATIAL_AXES} if mirror else None)
+    plan.set("transforms.train.spatial.transpose", list(axes.get("transpose") or []) or None)
+    if rotate and flat and set(rotate) - {"z"}:
+        plan.note("spatial_transforms", "rotation about x/y of a 2D sample is done in its plane (about z)")
+        low = min(r[0] for r in rotate.values())
+        rotate = {"z": [low, max(r[1] for r in rotate.values())]}
+    plan.set("transforms.train.spatial.rotate",
+             {a: list(rotate.get(a, [0, 0])) for a in SPATIAL_AXES} if rotate else None)
+
+
+def map_value_transforms(plan: Plan, values: dict) -> None:
+    for name in ("train_raw_value_transforms", "val_raw_value_transforms", "target_value_transforms"):
+        if name not in values:
+            continue
+        steps = values[name]
+        steps = steps.args[0] if isinstance(steps, Call) and callee(steps).endswith("Compose") and steps.args else [steps]
+        scaled = False  # ToDtype(..., scale=True) before Binarize moves its threshold to [0, 1]
+        for step in steps if isinstance(steps, (list, tuple)) else [steps]:
+            kind = callee(step).rsplit(".", 1)[-1] if isinstance(step, (Call, Ref)) else repr(step)
+            scaled = scaled or kind == "ToDtype" and isinstance(step, Call) and bool(step.kwargs.get("scale"))
+            if kind == "Binarize" and name == "target_value_transforms" and isinstance(step, Call):
+                threshold = (step.args or [step.kwargs.get("threshold", 0)])[0]
+                plan.set("transforms.train.target.threshold", 0 if scaled else threshold)
+            elif kind not in ("ToDtype", "NaNtoNum", "Normalize"):  # ours: raw scaled to [0, 1], NaN-free
+                plan.note(name, f"{kind} has no equivalent in transforms/; ignored")

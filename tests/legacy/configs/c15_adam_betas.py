@@ -1,0 +1,5 @@
+from torch.optim import Adam
+from cellmap_segmentation_challenge.models import ResNet, UNet_2D, UNet_3D, ViTVNet
+classes = ["nuc", "er"]
+model = UNet_2D(1, len(classes))
+optimizer = Adam(model.parameters(), 2e-4, betas=(0.8, 0.99))

@@ -1,0 +1,5 @@
+import torch.optim as optim
+from cellmap_segmentation_challenge.models import ResNet, UNet_2D, UNet_3D, ViTVNet
+classes = ["nuc", "er"]
+model = UNet_2D(1, len(classes))
+optimizer = optim.Adagrad(model.parameters(), lr=0.01, lr_decay=0.001)

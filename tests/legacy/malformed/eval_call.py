@@ -1,0 +1,1 @@
+learning_rate = eval("1e-3")

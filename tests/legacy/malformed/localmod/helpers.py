@@ -1,0 +1,2 @@
+def pick_batch_size():
+    return 3

@@ -1,0 +1,2 @@
+import subprocess as sp
+sp.run(["echo", "hacked"])

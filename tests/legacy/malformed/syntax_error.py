@@ -1,0 +1,2 @@
+learning_rate = 0.001
+batch_size = (8

@@ -1,0 +1,139 @@
+"""Layer 1 for legacy configs: each small config.py in configs/ translates to overrides whose
+composed config holds the expected values; a representative subset also trains 2 steps."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from omegaconf import OmegaConf
+
+from cellmap_train.legacy import overrides
+from cellmap_train.legacy.tested_classes import TESTED_CLASSES
+
+CONFIGS = Path(__file__).parent / "configs"
+ABSENT = object()
+UNET, RESNET, VIT = "cellmap_train.models.UNet", "cellmap_train.models.ResNet", "cellmap_train.models.ViTVNet"
+ARRAY_128 = {"shape": [1, 128, 128], "scale": [8, 8, 8]}
+
+# What a config that sets nothing composes to: the challenge's defaults.
+DEFAULTS = {
+    "lr": 1e-4, "batch_size": 8, "epochs": 1000, "iterations_per_epoch": 1000, "seed": 42, "classes": ["nuc", "er"],
+    "model._target_": UNET, "model.spatial_dims": 2, "model.out_channels": 2, "model.base_features": 64,
+    "input_array_info": ARRAY_128, "target_array_info": ARRAY_128,
+    "optimizer._target_": "torch.optim.RAdam", "optimizer.decoupled_weight_decay": True, "optimizer.lr": 1e-4,
+    "scheduler._target_": "torch.optim.lr_scheduler.ConstantLR", "loss._target_": "cellmap_train.engine.losses.MaskedBCELoss",
+    "data.force_all_classes": "validate", "data.make_demo": False,
+}
+ADAMW, ADAM = "torch.optim.AdamW", "torch.optim.Adam"
+TABLE = {
+    "c01_literals": {"lr": 3e-4, "batch_size": 4, "epochs": 3, "iterations_per_epoch": 20, "seed": 7,
+                     "classes": ["nuc", "mito"], "input_array_info": {"shape": [1, 64, 64], "scale": [16, 16, 16]},
+                     "target_array_info": {"shape": [1, 64, 64], "scale": [16, 16, 16]}, "optimizer.lr": 3e-4},
+    "c02_arithmetic": {"lr": pytest.approx(3e-4), "batch_size": 8, "epochs": 100, "iterations_per_epoch": 30, "seed": 3,
+                       "optimizer.lr": pytest.approx(3e-4)},
+    "c03_paths": {"model_name": "my_unet", "model_save_path": "checkpoints/exp2/{model_name}_{epoch}.pth",
+                  "logs_save_path": "tensorboard/{model_name}", "datasplit_path": "splits/exp2_3.csv"},
+    "c04_len_classes": {"classes": ["nuc", "er", "mito"], "model.out_channels": 3},
+    "c05_tested_classes": {"classes": list(TESTED_CLASSES), "model.out_channels": 48},
+    "c06_tested_slice": {"classes": ["nuc", "golgi", "mito"], "model.out_channels": 3},
+    "c07_unet2d_trilinear": {"model.upsample": "bilinear"},
+    "c08_unet3d": {"classes": ["mito"], "model.spatial_dims": 3, "model.out_channels": 1,
+                   "input_array_info": {"shape": [64, 64, 64], "scale": [8, 8, 8]},
+                   "target_array_info": {"shape": [64, 64, 64], "scale": [8, 8, 8]}},
+    "c09_resnet2d": {"model._target_": RESNET, "model.ngf": 32, "model.n_blocks": 4, "model.base_features": ABSENT},
+    "c10_resnet3d_norm": {"model._target_": RESNET, "model.spatial_dims": 3, "model.norm": "batch",
+                          "model.n_downsampling": 1, "model.base_features": ABSENT,
+                          "input_array_info": {"shape": [32, 32, 32], "scale": [8, 8, 8]},
+                          "target_array_info": {"shape": [32, 32, 32], "scale": [8, 8, 8]}},
+    "c11_vitnet": {"model._target_": VIT, "model.spatial_dims": None, "model.img_size": [32, 32, 32], "model_name": "3d_vnet",
+                   "model.base_features": 16, "input_array_info": {"shape": [32, 32, 32], "scale": [8, 8, 8]},
+                   "target_array_info": {"shape": [32, 32, 32], "scale": [8, 8, 8]}},
+    "c12_model_by_name": {"model._target_": RESNET, "model.spatial_dims": 3, "model.ngf": 16, "model_name": "3d_resnet",
+                          "model.base_features": ABSENT, "input_array_info": {"shape": [16, 64, 64], "scale": [8, 8, 8]},
+                          "target_array_info": {"shape": [16, 64, 64], "scale": [8, 8, 8]}},
+    "c13_adamw_instance": {"lr": 1e-3, "optimizer._target_": ADAMW, "optimizer.lr": 1e-3, "optimizer.weight_decay": 0.05,
+                           "optimizer.decoupled_weight_decay": ABSENT},
+    "c14_optimizer_class": {"lr": 0.01, "optimizer._target_": "torch.optim.SGD", "optimizer.lr": 0.01,
+                            "optimizer.decoupled_weight_decay": ABSENT},
+    "c15_adam_betas": {"lr": 2e-4, "optimizer._target_": ADAM, "optimizer.lr": 2e-4, "optimizer.betas": [0.8, 0.99],
+                       "optimizer.decoupled_weight_decay": ABSENT},
+    "c16_custom_optimizer": {"lr": 0.01, "optimizer._target_": "torch.optim.Adagrad", "optimizer.lr": 0.01,
+                             "optimizer.lr_decay": 0.001, "optimizer.decoupled_weight_decay": ABSENT},
+    "c17_step_scheduler": {"epochs": 40, "scheduler._target_": "torch.optim.lr_scheduler.StepLR", "scheduler.step_size": 10,
+                           "scheduler.gamma": 0.1, "trainer.scheduler_interval": "epoch"},
+    "c18_onecycle_instance": {"lr": 1e-3, "optimizer._target_": ADAMW, "optimizer.decoupled_weight_decay": ABSENT,
+                              "optimizer.lr": 1e-3, "scheduler._target_": "torch.optim.lr_scheduler.OneCycleLR",
+                              "scheduler.max_lr": 0.01, "scheduler.pct_start": 0.1},
+    "c19_criterion": {"loss.pos_weight": [2.0, 0.5]},
+    "c20_spatial_3d": {"model.spatial_dims": 3, "input_array_info": {"shape": [32, 32, 32], "scale": [8, 8, 8]},
+                       "target_array_info": {"shape": [32, 32, 32], "scale": [8, 8, 8]},
+                       "transforms.train.spatial.mirror": {"z": 0.1, "y": 0.5, "x": 0.5},
+                       "transforms.train.spatial.transpose": ["x", "y", "z"],
+                       "transforms.train.spatial.rotate": {a: [-180, 180] for a in "zyx"}},
+    "c21_no_spatial": {"transforms.train.spatial": None},
+    "c22_shape_two_dims": {"input_array_info": {"shape": [96, 96], "scale": [8, 8]},
+                           "target_array_info": {"shape": [96, 96], "scale": [8, 8]}},
+    "c23_target_differs": {"target_array_info": {"shape": [1, 64, 64], "scale": [16, 16, 16]}},
+    "c24_trainer_options": {"trainer.gradient_accumulation_steps": 2, "trainer.max_grad_norm": 1.0,
+                            "trainer.low_is_best": True, "trainer.best_metric": "loss/val", "data.weighted_sampler": False,
+                            "data.force_all_classes": True, "data.dataloader_kwargs.num_workers": 1,
+                            "data.dataloader_kwargs.pin_memory": False, "validation_batch_limit": 5},
+    "c25_control_flow": {"batch_size": 3, "classes": ["nuc", "er", "mito"], "model.out_channels": 3, "epochs": 5,
+                         "iterations_per_epoch": 6, "input_array_info": {"shape": [1, 64, 64], "scale": [8, 8, 8]},
+                         "target_array_info": {"shape": [1, 64, 64], "scale": [8, 8, 8]}},
+    "c26_device_s3": {"device": "cpu", "use_s3": True, "validation_prob": 0.2, "validation_time_limit": 30.5,
+                      "load_model": "best", "model_to_load": "older_run", "data.search_path": "s3://janelia-cosem-datasets"},
+    "c27_custom_importable_model": {"model._target_": "torch.nn.Conv2d", "model._args_": [1, 2], "model.kernel_size": 3,
+                                    "model.padding": 1, "model.out_channels": ABSENT, "model.spatial_dims": ABSENT,
+                                    "model.base_features": ABSENT},
+    "c28_value_transforms": {"transforms.train.target.threshold": 0.3},
+    "c29_side_effects": {"lr": 2e-3, "optimizer.lr": 2e-3},
+}
+# Trained 2 steps each (one subprocess of ~10 s per config): one per model family and the
+# optimizer/scheduler/loss/transform paths; all 29 would take ~5 minutes on 2 cores.
+TRAINED = ["c01_literals", "c09_resnet2d", "c11_vitnet", "c16_custom_optimizer", "c18_onecycle_instance",
+           "c20_spatial_3d", "c27_custom_importable_model"]
+
+
+def test_table_covers_every_config_file():
+    assert sorted(TABLE) == sorted(p.stem for p in CONFIGS.glob("c*.py"))
+    assert len(TABLE) >= 25
+
+
+def composed_value(cfg, key):
+    node = OmegaConf.select(cfg, key, default=ABSENT)
+    return OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else node
+
+
+@pytest.mark.parametrize("name", sorted(TABLE))
+def test_translation_composes_to_expected_values(compose_cfg, name):
+    cfg = compose_cfg(*overrides(CONFIGS / f"{name}.py"))
+    expected = {**DEFAULTS, **TABLE[name]}
+    if expected["model._target_"] != UNET and "model.base_features" not in TABLE[name]:
+        expected["model.base_features"] = ABSENT
+    for key, value in expected.items():
+        assert composed_value(cfg, key) == value, key
+
+
+def small_overrides(cfg) -> list[str]:
+    """Make any translated config train in seconds on the demo data (these come last, so they win)."""
+    source = list(cfg.input_array_info.shape)
+    shape = [16, 32, 32] if len(source) == 3 and source[0] > 1 else [1, 32, 32]
+    sizes = {UNET: ["model.base_features=4", "model.depth=2"],
+             RESNET: ["model.ngf=4", "model.n_blocks=1", "model.n_downsampling=1"],
+             VIT: ["model.embed_dim=16", "model.depth=1", "model.num_heads=2", "model.mlp_dim=16", "model.base_features=4",
+                   "model.patch_size=8"]}.get(cfg.model._target_, [])
+    info = f"{{shape:[{','.join(map(str, shape))}],scale:[8,8,8]}}"
+    return ["data=demo", "trainer=smoke", "device=cpu", "load_model=null", "batch_size=2", f"input_array_info={info}",
+            f"target_array_info={info}", "data.dataloader_kwargs={num_workers:0,persistent_workers:false,prefetch_factor:null}",
+            "classes=[nuc,er]", "validation_batch_limit=1", *sizes]
+
+
+@pytest.mark.parametrize("name", TRAINED)
+def test_translated_config_trains_two_steps(compose_cfg, run_cli, tmp_path, name):
+    translated = overrides(CONFIGS / f"{name}.py")
+    cfg = compose_cfg(*translated)
+    proc = run_cli(*translated, *small_overrides(cfg), f"hydra.run.dir={tmp_path / 'run'}", check=True)
+    assert "epoch 1/1" in proc.stdout + proc.stderr
+    assert list((tmp_path / "run" / "checkpoints").glob("*_1.pth"))
