@@ -17,7 +17,39 @@ from cellmap_train.data.dataset import ArrayInfo, CountingSampler, Crop, RandomC
 from cellmap_train.data.datasplit import make_datasplit_csv, read_datasplit
 from cellmap_train.data.demo import ensure_demo_data
 from cellmap_train.data.transforms import SampleTransforms
-from cellmap_train.errors import DataError
+from cellmap_train.errors import DataError, UserError
+
+
+class _UserErrorsFromWorkers:
+    """Iterator wrapper: a DataError raised in a worker arrives as 'Caught DataError in
+    DataLoader worker ...' plus the worker's traceback; re-raise it as its own one line."""
+
+    def __init__(self, iterator):
+        self.iterator = iterator
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        try:
+            return next(self.iterator)
+        except UserError as err:
+            text = str(err)
+            if not text.startswith("Caught "):
+                raise
+            marker = f"{type(err).__name__}: "
+            last = next((line for line in reversed(text.splitlines()) if marker in line), text.splitlines()[0])
+            raise type(err)(last.split(marker, 1)[1]) from None
+
+    def __len__(self):
+        return len(self.iterator)
+
+
+class CellMapLoader(DataLoader):
+    """A DataLoader whose worker errors keep the one-line message of the user error."""
+
+    def __iter__(self):
+        return _UserErrorsFromWorkers(super().__iter__())
 
 
 class CellMapData:
@@ -26,7 +58,8 @@ class CellMapData:
                  validation_prob: float = 0.15, seed: int = 42, weighted_sampler: bool = True,
                  force_all_classes: bool | str = False, storage_options: Mapping | None = None,
                  dataloader_kwargs: Mapping | None = None, make_demo: bool = False, train_on_validation: bool = False,
-                 train_transforms: SampleTransforms | None = None, val_transforms: SampleTransforms | None = None):
+                 train_transforms: SampleTransforms | None = None, val_transforms: SampleTransforms | None = None,
+                 rare_class_weight: float = 0.0, filter_by_scale: bool = False):
         self.classes = list(classes)
         self.batch_size = int(batch_size)
         self.seed = int(seed)
@@ -42,7 +75,8 @@ class CellMapData:
             entries = read_datasplit(self.datasplit_path)
         else:
             entries = make_datasplit_csv(self.classes, force_all_classes, validation_prob, base_path=self.search_path,
-                                         csv_path=self.datasplit_path, storage_options=self.storage_options, seed=self.seed)
+                                         csv_path=self.datasplit_path, storage_options=self.storage_options, seed=self.seed,
+                                         scale=self.target_info.scale if filter_by_scale else None)
         crops = {usage: [Crop(e, self.classes, self.input_info, self.target_info, self.storage_options)
                          for e in entries if e.usage == usage and set(e.classes) & set(self.classes)]
                  for usage in ("train", "validate")}
@@ -50,7 +84,8 @@ class CellMapData:
             crops["train"] = crops["validate"]
         for crop in crops["train"] + crops["validate"]:
             crop.open()
-        self.train_set = RandomCropDataset(crops["train"], train_transforms, self.seed, weighted=weighted_sampler)
+        self.train_set = RandomCropDataset(crops["train"], train_transforms, self.seed, weighted=weighted_sampler,
+                                           rare_class_weight=rare_class_weight)
         self.val_set = ValidationTileDataset(crops["validate"], val_transforms)
         if len(self.val_set) == 0:
             raise DataError(f"{self.datasplit_path}: no validation crops with any of {self.classes}")
@@ -68,8 +103,8 @@ class CellMapData:
 
     def train_loader(self, start_sample: int = 0) -> DataLoader:
         """An endless loader whose first sample is number `start_sample` (resume continues the stream)."""
-        return DataLoader(self.train_set, batch_size=self.batch_size, sampler=CountingSampler(start_sample),
+        return CellMapLoader(self.train_set, batch_size=self.batch_size, sampler=CountingSampler(start_sample),
                           **self._loader_kwargs())
 
     def val_loader(self) -> DataLoader:
-        return DataLoader(self.val_set, batch_size=self.batch_size, shuffle=False, **self._loader_kwargs())
+        return CellMapLoader(self.val_set, batch_size=self.batch_size, shuffle=False, **self._loader_kwargs())

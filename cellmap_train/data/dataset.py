@@ -8,7 +8,9 @@ lazily in each process, so DataLoader workers never share file handles or S3 ses
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
+from itertools import zip_longest
 from typing import Iterator, Sequence
 
 import numpy as np
@@ -16,7 +18,7 @@ import torch
 from torch.utils.data import Dataset, Sampler
 
 from cellmap_train.data.datasplit import CropEntry
-from cellmap_train.data.ngff import ScaleLevel, open_level
+from cellmap_train.data.ngff import ScaleLevel, coarsest_level, open_level
 from cellmap_train.data.transforms import SampleTransforms
 from cellmap_train.errors import DataError
 
@@ -47,7 +49,8 @@ class ArrayInfo:
 
 
 class Crop:
-    """The raw level and per-class label levels of one annotated crop, opened on first use."""
+    """The raw level and per-class label levels of one annotated crop, opened on first use
+    in each process (a forked worker reopens its own stores instead of sharing the parent's)."""
 
     def __init__(self, entry: CropEntry, classes: Sequence[str], input_info: ArrayInfo, target_info: ArrayInfo,
                  storage_options: dict | None):
@@ -56,17 +59,17 @@ class Crop:
         self.storage_options = storage_options or {}
         self._raw: ScaleLevel | None = None
         self._labels: dict[str, ScaleLevel | None] | None = None
+        self._pid: int | None = None
 
-    def __getstate__(self):  # worker processes reopen their own stores
-        return {**self.__dict__, "_raw": None, "_labels": None}
+    def __getstate__(self):  # spawned workers reopen their own stores
+        return {**self.__dict__, "_raw": None, "_labels": None, "_pid": None}
 
     def open(self) -> "Crop":
-        if self._raw is None:
-            labels = {}
-            for cls in self.classes:
-                labels[cls] = open_level(self.entry.label_url(cls), self.target_info.scale, self.storage_options) if cls in self.entry.classes else None
-            self._labels = labels
+        if self._raw is None or self._pid != os.getpid():
+            self._labels = {cls: open_level(self.entry.label_url(cls), self.target_info.scale, self.storage_options)
+                            if cls in self.entry.classes else None for cls in self.classes}
             self._raw = open_level(self.entry.raw_url, self.input_info.scale, self.storage_options)
+            self._pid = os.getpid()
         return self
 
     @property
@@ -82,6 +85,18 @@ class Crop:
         low, high = self.bounds()
         return float(np.prod(high - low)) * len(self.known)
 
+    def foreground_fractions(self) -> np.ndarray:
+        """Per requested class, the foreground fraction of its known voxels (0 where not
+        annotated), counted on the coarsest level so the whole array fits in memory."""
+        fractions = np.zeros(len(self.classes))
+        for c, cls in enumerate(self.classes):
+            if cls in self.entry.classes:
+                level = coarsest_level(self.entry.label_url(cls), self.storage_options)
+                labels = level.encoding.decode(np.asarray(level.array[...]))
+                known = ~np.isnan(labels)
+                fractions[c] = float((labels[known] > 0).mean()) if known.any() else 0.0
+        return fractions
+
     def read(self, centre: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Raw and labels of the sample centred at world point `centre` (nm)."""
         self.open()
@@ -93,8 +108,7 @@ class Crop:
         mid = t_low + tinfo.extent / 2
         raw = self._raw.read(mid - iinfo.extent / 2, iinfo.shape, fill=0)
         labels = np.stack([
-            level.read(t_low, tinfo.shape, fill=np.nan).astype(np.float32) if level is not None
-            else np.full(tinfo.shape, np.nan, dtype=np.float32)
+            level.read_labels(t_low, tinfo.shape) if level is not None else np.full(tinfo.shape, np.nan, dtype=np.float32)
             for level in self._labels.values()
         ])
         return raw, labels
@@ -103,19 +117,39 @@ class Crop:
 def to_tensors(raw: np.ndarray, labels: np.ndarray, squeeze_z: bool) -> tuple[torch.Tensor, torch.Tensor]:
     if squeeze_z:
         raw, labels = raw[0], labels[:, 0]
-    return torch.from_numpy(raw[None].copy()), torch.from_numpy(labels.copy())
+    return torch.from_numpy(np.ascontiguousarray(raw[None])), torch.from_numpy(np.ascontiguousarray(labels))
+
+
+def crop_probabilities(crops: Sequence[Crop], weighted: bool, rare_class_weight: float) -> np.ndarray:
+    """How often each crop is drawn: by labelled volume (`weighted`) or uniformly, blended
+    with a share `rare_class_weight` that gives every class the same total mass, spread over
+    crops by how much of that class they hold (rare classes get seen as often as common ones)."""
+    base = np.array([c.labelled_volume() for c in crops]) if weighted else np.ones(len(crops))
+    base = base / base.sum()
+    if rare_class_weight <= 0:
+        return base
+    mass = np.stack([c.foreground_fractions() for c in crops]) * base[:, None]  # [crops, classes]
+    totals = mass.sum(axis=0)
+    present = totals > 0
+    if not present.any():
+        return base
+    per_class = (mass[:, present] / totals[present]).mean(axis=1)
+    mixed = (1 - rare_class_weight) * base + rare_class_weight * per_class
+    return mixed / mixed.sum()
 
 
 class RandomCropDataset(Dataset):
     """Sample `i` is a random crop drawn from generator seed (seed, i): the same sample whatever
     worker or epoch asks, which is what makes resumed runs exactly equal to uninterrupted ones."""
 
-    def __init__(self, crops: Sequence[Crop], transforms: SampleTransforms | None, seed: int, weighted: bool = True):
+    def __init__(self, crops: Sequence[Crop], transforms: SampleTransforms | None, seed: int, weighted: bool = True,
+                 rare_class_weight: float = 0.0):
         if not crops:
             raise DataError("no training crops in the datasplit")
+        if not 0 <= rare_class_weight <= 1:
+            raise DataError(f"rare_class_weight={rare_class_weight}: must be in [0, 1]")
         self.crops, self.transforms, self.seed = list(crops), transforms, int(seed)
-        volumes = np.array([c.labelled_volume() for c in self.crops]) if weighted else np.ones(len(self.crops))
-        self.probabilities = volumes / volumes.sum()
+        self.probabilities = crop_probabilities(self.crops, weighted, float(rare_class_weight))
         self.bounds = [c.bounds() for c in self.crops]
         self.squeeze_z = self.crops[0].input_info.is_2d
 
@@ -142,20 +176,22 @@ def tile_starts(low: float, high: float, tile: float) -> list[float]:
     return [low + i * step for i in range(count)]
 
 
+def crop_tiles(crop: Crop) -> list[np.ndarray]:
+    """Centres of a grid of tiles covering the crop (2D: every slice)."""
+    extent = crop.target_info.extent
+    low, high = crop.bounds()
+    axes = [tile_starts(lo, hi, ext) for lo, hi, ext in zip(low, high, extent)]
+    return [np.array([z, y, x]) + extent / 2 for z in axes[0] for y in axes[1] for x in axes[2]]
+
+
 class ValidationTileDataset(Dataset):
-    """A fixed grid of tiles over every validation crop (2D: every slice of the crop)."""
+    """A fixed grid of tiles over every validation crop, taken round-robin across crops so
+    that a batch or time limit still sees every crop."""
 
     def __init__(self, crops: Sequence[Crop], transforms: SampleTransforms | None):
         self.crops, self.transforms = list(crops), transforms
-        self.tiles: list[tuple[int, np.ndarray]] = []
-        for k, crop in enumerate(self.crops):
-            info = crop.target_info
-            low, high = crop.bounds()
-            axes = [tile_starts(lo, hi, ext) for lo, hi, ext in zip(low, high, info.extent)]
-            for z in axes[0]:
-                for y in axes[1]:
-                    for x in axes[2]:
-                        self.tiles.append((k, np.array([z, y, x]) + info.extent / 2))
+        per_crop = [[(k, centre) for centre in crop_tiles(crop)] for k, crop in enumerate(self.crops)]
+        self.tiles: list[tuple[int, np.ndarray]] = [t for row in zip_longest(*per_crop) for t in row if t is not None]
         self.squeeze_z = bool(self.crops) and self.crops[0].input_info.is_2d
 
     def __len__(self) -> int:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import csv
 import io
+import logging
 import os
 import re
 from dataclasses import dataclass
@@ -28,6 +29,7 @@ RAW_NAME = "em/fibsem-uint8"
 CROP_NAME = "labels/groundtruth/{crop}/{label}"
 S3_BASE_PATH = "s3://janelia-cosem-datasets"
 USAGES = ("train", "validate")
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -78,7 +80,11 @@ def find_crops(classes: Sequence[str], datasets: Sequence[str], crops: Sequence[
                     found.setdefault(crop_url, set()).add(match.rsplit("/", 1)[-1])
                     zarr_root, _ = _split_zarr(crop_url)
                     raw_urls[crop_url] = search_path.format(dataset=Path(zarr_root).stem, name=raw_name)
-    return [(raw_urls[url], url, tuple(c for c in classes if c in found[url])) for url in sorted(found, key=_natural_key)]
+    raw_exists = {raw: fs.exists(raw.removeprefix(protocol)) for raw in set(raw_urls.values())}
+    for raw in sorted(r for r, ok in raw_exists.items() if not ok):
+        log.warning("skipping the crops of %s: no raw data there", raw)
+    return [(raw_urls[url], url, tuple(c for c in classes if c in found[url])) for url in sorted(found, key=_natural_key)
+            if raw_exists[raw_urls[url]]]
 
 
 def _crop_glob(crop: str) -> str:
@@ -90,17 +96,49 @@ def _natural_key(text: str):
     return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", text)]
 
 
+def assign_usages(present: Sequence[Sequence[str]], classes: Sequence[str], force_all_classes: bool | str,
+                  validation_prob: float, seed: int) -> list[str | None]:
+    """'train' / 'validate' / None (dropped) per crop, given the classes each crop holds.
+
+    Each crop validates with probability `validation_prob` (generator seeded by `seed`).
+    `force_all_classes`: True drops crops lacking a class; "train" / "validate" moves a crop
+    lacking a class that was drawn for that split to the other one. With two or more crops,
+    at least one validates and one trains, chosen among crops the rule allows there.
+    """
+    if force_all_classes not in (True, False, "train", "validate"):
+        raise DataError(f"force_all_classes={force_all_classes!r}: must be true, false, 'train' or 'validate'")
+    complete = [set(classes) <= set(p) for p in present]
+    rng = np.random.default_rng(seed)
+    usages: list[str | None] = ["validate" if rng.random() < validation_prob else "train" for _ in present]
+    other = {"train": "validate", "validate": "train"}
+    for i, usage in enumerate(usages):
+        if not complete[i] and force_all_classes is True:
+            usages[i] = None
+        elif not complete[i] and force_all_classes == usage:
+            usages[i] = other[usage]
+
+    def allowed(i: int, usage: str) -> bool:
+        return usages[i] is not None and (complete[i] or force_all_classes not in (True, usage))
+
+    kept = [i for i, u in enumerate(usages) if u is not None]
+    for usage in ("validate", "train"):
+        if len(kept) >= 2 and usage not in usages and (usage == "train" or validation_prob > 0):
+            candidates = [i for i in kept if allowed(i, usage) and usages.count(usages[i]) > 1]
+            if candidates:
+                usages[candidates[int(rng.integers(len(candidates)))]] = usage
+    return usages
+
+
 def make_datasplit_csv(classes: Sequence[str] = ("nuc", "mito"), force_all_classes: bool | str = False,
                        validation_prob: float = 0.1, datasets: Sequence[str] = ("*",), crops: Sequence[str] = ("*",),
                        search_path: str = SEARCH_PATH, raw_name: str = RAW_NAME, crop_name: str = CROP_NAME,
                        csv_path: str | os.PathLike = "datasplit.csv", dry_run: bool = False,
                        storage_options: dict | None = None, seed: int = 42, overwrite: bool = False,
-                       base_path: str = ".") -> list[CropEntry]:
+                       base_path: str = ".", scale: float | Sequence[float] | None = None) -> list[CropEntry]:
     """Write (unless `dry_run`) a datasplit CSV of every crop holding any of `classes`.
 
-    `force_all_classes`: True keeps only crops with every class; "train" / "validate" applies
-    that rule to one split only. Each crop validates with probability `validation_prob` (fixed
-    `seed`); with two or more crops at least one validates and at least one trains.
+    See `assign_usages` for the split rules. `scale` keeps a class in a crop only if its
+    finest level is at least that fine (the challenge's `filter_by_scale`).
     An existing CSV is returned as is unless `overwrite=True`.
     """
     csv_path = Path(csv_path)
@@ -108,15 +146,13 @@ def make_datasplit_csv(classes: Sequence[str] = ("nuc", "mito"), force_all_class
         return read_datasplit(csv_path)
     search_path = search_path.replace("{base_path}", str(base_path).rstrip("/"))
     rows = find_crops(classes, datasets, crops, search_path, raw_name, crop_name, storage_options)
-    rng = np.random.default_rng(seed)
-    usages = ["validate" if rng.random() < validation_prob else "train" for _ in rows]
-    if len(rows) >= 2 and validation_prob > 0 and "validate" not in usages:
-        usages[int(rng.integers(len(rows)))] = "validate"
-    if len(rows) >= 2 and "train" not in usages:
-        usages[int(rng.integers(len(rows)))] = "train"
+    if scale is not None:
+        rows = [(raw, crop, present) for raw, crop, present in
+                ((raw, crop, _fine_enough(crop, present, scale, storage_options)) for raw, crop, present in rows) if present]
+    usages = assign_usages([present for _, _, present in rows], classes, force_all_classes, validation_prob, seed)
     entries = []
     for usage, (raw_url, crop_url, present) in zip(usages, rows):
-        if (force_all_classes is True or force_all_classes == usage) and len(present) < len(classes):
+        if usage is None:
             continue
         raw_zarr, raw_path = _split_zarr(raw_url)
         gt_zarr, gt_path = _split_zarr(crop_url)
@@ -126,6 +162,20 @@ def make_datasplit_csv(classes: Sequence[str] = ("nuc", "mito"), force_all_class
     if not dry_run:
         write_datasplit(entries, csv_path)
     return entries
+
+
+def _fine_enough(crop_url: str, present: Sequence[str], scale, storage_options) -> tuple[str, ...]:
+    """The classes of the crop whose s0 voxel size is <= `scale` on every axis."""
+    from cellmap_train.data.ngff import level_transforms, open_group  # ngff imports nothing from here
+
+    wanted = np.broadcast_to(np.asarray(scale, dtype=float), (3,))
+    keep = []
+    for cls in present:
+        url = f"{crop_url}/{cls}"
+        finest = level_transforms(open_group(url, storage_options), url)[0][1]
+        if np.all(np.asarray(finest) <= wanted + 1e-9):
+            keep.append(cls)
+    return tuple(keep)
 
 
 def make_s3_datasplit_csv(classes: Sequence[str] = ("nuc", "mito"), force_all_classes: bool | str = False,

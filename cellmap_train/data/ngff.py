@@ -1,8 +1,13 @@
 """Open one scale level of an OME-NGFF multiscale group (local path or s3:// URL) and read
-world-coordinate boxes from it, touching only the chunks the box covers."""
+world-coordinate boxes from it, touching only the chunks the box covers.
+
+World coordinates are nm, axes z/y/x; a level's `translation` is the centre of its voxel 0
+(the CellMap convention: a 2x coarser level starts half a fine voxel further in).
+"""
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 from typing import Any, Sequence
 
@@ -23,14 +28,48 @@ def open_group(path: str, storage_options: dict | None = None) -> zarr.Group:
         kwargs["storage_options"] = dict(storage_options)
     try:
         return zarr.open_group(str(path), **kwargs)
-    except (FileNotFoundError, KeyError) as err:
-        raise DataError(f"{path}: no zarr group there") from err
     except PermissionError as err:
         raise DataError(f"{path}: access denied ({err})") from err
-    except Exception as err:  # zarr raises its own types for missing groups
-        if type(err).__name__ in {"GroupNotFoundError", "NodeNotFoundError", "ContainsArrayError"}:
+    except (FileNotFoundError, KeyError) as err:  # zarr's GroupNotFoundError is a FileNotFoundError
+        raise DataError(f"{path}: no zarr group there") from err
+    except Exception as err:
+        if type(err).__name__ in {"NodeNotFoundError", "ContainsArrayError", "NodeTypeValidationError"}:
             raise DataError(f"{path}: no zarr group there") from err
         raise
+
+
+@dataclass(frozen=True)
+class LabelEncoding:
+    """How a label array's values read as classes (the `cellmap.annotation` attributes).
+
+    Semantic arrays may mark voxels nobody annotated with an `unknown` value (255 in the
+    challenge data); instance arrays hold ids, any id > 0 is foreground.
+    """
+
+    unknown: float | None = None
+    instance: bool = False
+
+    @classmethod
+    def from_attrs(cls, *attr_sets: dict) -> "LabelEncoding":
+        for attrs in attr_sets:
+            annotation = (attrs.get("cellmap") or {}).get("annotation")
+            if not isinstance(annotation, dict):
+                continue
+            kind = annotation.get("annotation_type") or {}
+            instance = kind.get("type") == "instance_segmentation"
+            unknown = (kind.get("encoding") or {}).get("unknown")
+            # an instance id may legitimately equal the unknown code, so only semantic arrays use it
+            return cls(None if instance or unknown is None else float(unknown), instance)
+        return cls()
+
+    def decode(self, values: np.ndarray) -> np.ndarray:
+        """float32 labels: 0 / 1 (or the stored value) / NaN for unknown."""
+        out = values.astype(np.float32)
+        if self.instance:
+            out = np.where(np.isnan(out), np.nan, (out > 0).astype(np.float32))
+        elif self.unknown is not None:
+            out[values == self.unknown] = np.nan
+        return out
 
 
 @dataclass
@@ -41,6 +80,7 @@ class ScaleLevel:
     scale: tuple[float, ...]
     translation: tuple[float, ...]
     path: str
+    encoding: LabelEncoding = LabelEncoding()
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -52,17 +92,19 @@ class ScaleLevel:
         low = np.asarray(self.translation, dtype=float) - scale / 2
         return low, low + np.asarray(self.shape) * scale
 
+    def voxel_index(self, world: Sequence[float]) -> np.ndarray:
+        """Index of the voxel whose centre is nearest to the world point."""
+        offset = np.asarray(world, dtype=float) - np.asarray(self.translation, dtype=float)
+        return np.round(offset / np.asarray(self.scale, dtype=float)).astype(int)
+
     def read(self, world_low: Sequence[float], shape: Sequence[int], fill: float = 0) -> np.ndarray:
         """Read `shape` voxels whose first voxel edge is at `world_low`; outside the array is `fill`.
 
         `world_low` is snapped to this level's voxel grid, so callers get exactly `shape` voxels.
         """
-        scale = np.asarray(self.scale, dtype=float)
-        origin = np.asarray(self.translation, dtype=float) - scale / 2
-        start = np.round((np.asarray(world_low, dtype=float) - origin) / scale).astype(int)
+        start = self.voxel_index(np.asarray(world_low, dtype=float) + np.asarray(self.scale) / 2)
         stop = start + np.asarray(shape, dtype=int)
-        src_lo = np.maximum(start, 0)
-        src_hi = np.minimum(stop, self.shape)
+        src_lo, src_hi = np.maximum(start, 0), np.minimum(stop, self.shape)
         dtype = np.result_type(self.array.dtype, np.float32) if np.isnan(fill) else self.array.dtype
         out = np.full(tuple(shape), fill, dtype=dtype)
         if np.any(src_hi <= src_lo):
@@ -72,44 +114,77 @@ class ScaleLevel:
         try:
             out[dst] = self.array[src]
         except Exception as err:
-            raise DataError(f"{self.path}: cannot read voxels {src_lo.tolist()}..{src_hi.tolist()} ({type(err).__name__}: {err})") from err
+            raise DataError(self._describe_read_error(src, err)) from err
         return out
 
+    def read_labels(self, world_low: Sequence[float], shape: Sequence[int]) -> np.ndarray:
+        """float32 class values (0/1, NaN = unknown or outside the crop)."""
+        return self.encoding.decode(self.read(world_low, shape, fill=np.nan))
 
-def multiscale_levels(group: zarr.Group, path: str) -> list[ScaleLevel]:
-    """Every level of the group's first OME-NGFF 0.4 multiscale, in the order listed."""
-    attrs = dict(group.attrs)
+    def _describe_read_error(self, src: tuple[slice, ...], err: Exception) -> str:
+        """One line naming the chunk file that fails to decode (found by reading chunk by chunk)."""
+        reason = f"{type(err).__name__}: {str(err).strip().splitlines()[0] if str(err).strip() else ''}"
+        chunks = getattr(self.array, "chunks", None)
+        if chunks is None:
+            return f"{self.path}: cannot read voxels {src} ({reason})"
+        ranges = [range(s.start // c, (s.stop - 1) // c + 1) for s, c in zip(src, chunks)]
+        for coords in itertools.product(*ranges):
+            box = tuple(slice(i * c, min((i + 1) * c, n)) for i, c, n in zip(coords, chunks, self.shape))
+            try:
+                self.array[box]
+            except Exception as chunk_err:
+                key = self.array.metadata.encode_chunk_key(coords)
+                first = str(chunk_err).strip().splitlines()[0] if str(chunk_err).strip() else ""
+                return f"{self.path}/{key}: corrupt or unreadable chunk ({type(chunk_err).__name__}: {first})"
+        return f"{self.path}: cannot read voxels {src} ({reason})"
+
+
+def _transforms(entry: dict, where: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    scale, translation = None, None
+    for transform in entry.get("coordinateTransformations", []):
+        if transform.get("type") == "scale":
+            scale = tuple(float(v) for v in transform["scale"])
+        elif transform.get("type") == "translation":
+            translation = tuple(float(v) for v in transform["translation"])
+    if scale is None:
+        raise DataError(f"{where}: multiscale level has no scale transform")
+    return scale, translation or (0.0,) * len(scale)
+
+
+def level_transforms(group: zarr.Group, path: str) -> list[tuple[str, tuple[float, ...], tuple[float, ...]]]:
+    """(level path, scale, translation) of every level of the group's first multiscale."""
     try:
-        multiscale = attrs["multiscales"][0]
-        datasets = multiscale["datasets"]
+        datasets = dict(group.attrs)["multiscales"][0]["datasets"]
     except (KeyError, IndexError, TypeError) as err:
         raise DataError(f"{path}: no OME-NGFF 'multiscales' metadata in .zattrs") from err
-    levels = []
-    for entry in datasets:
-        scale, translation = None, None
-        for transform in entry.get("coordinateTransformations", []):
-            if transform.get("type") == "scale":
-                scale = tuple(float(v) for v in transform["scale"])
-            elif transform.get("type") == "translation":
-                translation = tuple(float(v) for v in transform["translation"])
-        if scale is None:
-            raise DataError(f"{path}/{entry.get('path')}: multiscale level has no scale transform")
-        translation = translation or (0.0,) * len(scale)
-        try:
-            array = group[entry["path"]]
-        except KeyError as err:
-            raise DataError(f"{path}/{entry['path']}: listed in multiscales but missing") from err
-        levels.append(ScaleLevel(array, scale, translation, f"{path}/{entry['path']}"))
-    return levels
+    return [(entry.get("path"), *_transforms(entry, f"{path}/{entry.get('path')}")) for entry in datasets]
+
+
+def _open_level_array(group: zarr.Group, path: str, name: str):
+    try:
+        return group[name]
+    except (KeyError, FileNotFoundError) as err:
+        raise DataError(f"{path}/{name}: listed in multiscales but missing") from err
 
 
 def open_level(path: str, scale: Sequence[float], storage_options: dict | None = None) -> ScaleLevel:
     """The level of the multiscale group at `path` whose voxel size equals `scale` (nm, z/y/x)."""
     group = open_group(path, storage_options)
-    levels = multiscale_levels(group, path)
+    levels = level_transforms(group, path)
     wanted = tuple(float(s) for s in scale)
-    for level in levels:
-        if len(level.scale) == len(wanted) and np.allclose(level.scale, wanted):
-            return level
-    available = ", ".join(str(list(lvl.scale)) for lvl in levels)
+    for name, level_scale, translation in levels:
+        if len(level_scale) == len(wanted) and np.allclose(level_scale, wanted):
+            array = _open_level_array(group, path, name)
+            # the s0 array carries the annotation attributes in the challenge data; the group may too
+            first = _open_level_array(group, path, levels[0][0]) if name != levels[0][0] else array
+            encoding = LabelEncoding.from_attrs(dict(array.attrs), dict(first.attrs), dict(group.attrs))
+            return ScaleLevel(array, level_scale, translation, f"{path}/{name}", encoding)
+    available = ", ".join(f"{name}={list(s)}" for name, s, _ in levels)
     raise DataError(f"{path}: no level at scale {list(wanted)} nm (available: {available})")
+
+
+def coarsest_level(path: str, storage_options: dict | None = None) -> ScaleLevel:
+    """The last (coarsest) level: small enough to read whole, e.g. to count a class's voxels."""
+    group = open_group(path, storage_options)
+    levels = level_transforms(group, path)
+    return open_level(path, levels[-1][1], storage_options)

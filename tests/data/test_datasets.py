@@ -1,0 +1,99 @@
+"""Training and validation sets built by CellMapData on the demo data: shapes, determinism
+across DataLoader workers, crop weighting, validation tiles, errors raised inside workers."""
+
+from __future__ import annotations
+
+import pickle
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from cellmap_train.data import CellMapData
+from cellmap_train.data.dataset import crop_probabilities
+from cellmap_train.data.transforms import BinarizeLabels, NormalizeRaw, SampleTransforms, SpatialTransform
+from cellmap_train.errors import DataError
+
+CLASSES = ["nuc", "er", "mito"]
+
+
+def make_data(root, tmp_path, shape=(1, 32, 32), workers=0, **kwargs):
+    transforms = SampleTransforms(SpatialTransform({"x": 0.5}, ["x", "y"], {"z": [-180, 180]}), NormalizeRaw(), BinarizeLabels())
+    options = dict(search_path=str(root), datasplit_path=tmp_path / "split.csv", classes=CLASSES, batch_size=4,
+                   input_array_info={"shape": list(shape), "scale": [8, 8, 8]}, validation_prob=0.3,
+                   dataloader_kwargs={"num_workers": workers}, train_transforms=transforms,
+                   val_transforms=SampleTransforms(None, NormalizeRaw(), BinarizeLabels()))
+    return CellMapData(**{**options, **kwargs})
+
+
+@pytest.mark.parametrize("shape, raw_shape", [((1, 32, 32), (4, 1, 32, 32)), ([32, 32], (4, 1, 32, 32)),
+                                              ((8, 16, 16), (4, 1, 8, 16, 16))])
+def test_2d_and_3d_batch_shapes(demo_root, tmp_path, shape, raw_shape):
+    data = make_data(demo_root, tmp_path, shape)
+    raw, labels = next(iter(data.train_loader()))
+    assert tuple(raw.shape) == raw_shape and tuple(labels.shape) == (4, 3, *raw_shape[2:])
+    assert data.spatial_dims == (2 if len(raw_shape) == 4 else 3)
+    assert raw.dtype == labels.dtype == torch.float32 and 0 <= raw.min() and raw.max() <= 1
+
+
+def test_unannotated_class_is_nan_for_the_whole_sample(demo_root, tmp_path):
+    data = make_data(demo_root, tmp_path)
+    k = next(i for i, c in enumerate(data.train_set.crops) if "er" not in c.entry.classes)  # demo crop 8
+    raw, labels = data.train_set.crops[k].read(np.mean(data.train_set.bounds[k], axis=0))
+    assert np.isnan(labels[1]).all() and not np.isnan(labels[0]).any()
+
+
+def test_samples_are_identical_across_workers_and_pickling(demo_root, tmp_path):
+    in_process = make_data(demo_root, tmp_path)
+    with_workers = make_data(demo_root, tmp_path, workers=2)
+    a = next(iter(in_process.train_loader(start_sample=40)))
+    b = next(iter(with_workers.train_loader(start_sample=40)))
+    copy = pickle.loads(pickle.dumps(in_process.train_set))
+    for x, y in zip(a, b):
+        torch.testing.assert_close(x, y, equal_nan=True)
+    torch.testing.assert_close(copy[40][1], a[1][0], equal_nan=True)
+    assert copy.crops[0]._raw is None  # a pickled crop reopens its own stores
+
+
+def test_validation_tiles_are_fixed_and_cover_every_crop(demo_root, tmp_path):
+    first, second = make_data(demo_root, tmp_path), make_data(demo_root, tmp_path)
+    tiles = first.val_set.tiles
+    assert [(k, c.tolist()) for k, c in tiles] == [(k, c.tolist()) for k, c in second.val_set.tiles]
+    crops = len(first.val_set.crops)
+    assert crops >= 2 and sorted({k for k, _ in tiles[:crops]}) == list(range(crops))  # round-robin
+    assert len(tiles) == crops * 32 * 9  # demo crops: 32 slices of 96x96 voxels -> 3x3 tiles of 32x32 per slice
+    torch.testing.assert_close(first.val_set[5][0], second.val_set[5][0])
+
+
+def test_crop_probability_follows_labelled_volume_and_rare_classes(demo_root, tmp_path):
+    data = make_data(demo_root, tmp_path)
+    crops = data.train_set.crops
+    volumes = np.array([c.labelled_volume() for c in crops])
+    np.testing.assert_allclose(crop_probabilities(crops, True, 0.0), volumes / volumes.sum())
+    np.testing.assert_allclose(crop_probabilities(crops, False, 0.0), np.full(len(crops), 1 / len(crops)))
+    rare = crop_probabilities(crops, True, 1.0)
+    mass = np.stack([c.foreground_fractions() for c in crops]) * (volumes / volumes.sum())[:, None]
+    # each class gets the same share of draws, spread over crops by how much of it they hold
+    np.testing.assert_allclose(rare, (mass / mass.sum(axis=0)).mean(axis=1))
+    rarest = int(np.argmin(mass.sum(axis=0)))
+    richest = int(np.argmax(mass[:, rarest]))
+    assert rare[richest] > volumes[richest] / volumes.sum()
+    half = crop_probabilities(crops, True, 0.5)
+    np.testing.assert_allclose(half, (rare + volumes / volumes.sum()) / 2)
+    with pytest.raises(DataError, match="rare_class_weight"):
+        make_data(demo_root, tmp_path, rare_class_weight=2)
+
+
+def test_corrupt_chunk_in_a_worker_is_one_line_naming_the_file(demo_root, tmp_path):
+    root = tmp_path / "copy"
+    shutil.copytree(demo_root, root)
+    raw_s0 = root / "jrc_demo-1/jrc_demo-1.zarr/recon-1/em/fibsem-uint8/s0"
+    for chunk in raw_s0.glob("*.*.*"):
+        chunk.write_bytes(b"garbage" * 10)
+    data = make_data(root, tmp_path, workers=1)
+    with pytest.raises(DataError) as info:
+        for _ in zip(range(5), data.train_loader()):
+            pass
+    message = str(info.value)
+    assert "\n" not in message and message.startswith(str(raw_s0) + "/") and "corrupt or unreadable chunk" in message

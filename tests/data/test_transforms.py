@@ -1,0 +1,104 @@
+"""Each transform's effect on a known pattern, and the transform config groups."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hydra.utils import instantiate
+
+from cellmap_train.data.transforms import BinarizeLabels, NormalizeRaw, SampleTransforms, SpatialTransform
+
+RNG = np.random.default_rng(0)
+
+
+def pattern(shape=(1, 4, 4)):
+    raw = np.arange(np.prod(shape), dtype=np.uint8).reshape(shape)
+    labels = np.stack([raw % 2, raw % 3]).astype(np.float32)
+    return raw, labels
+
+
+def test_mirror_flips_only_listed_axes_with_their_probability():
+    raw, labels = pattern((2, 3, 4))
+    out_raw, out_labels = SpatialTransform(mirror={"x": 1.0, "y": 0.0})(raw, labels, RNG)
+    np.testing.assert_array_equal(out_raw, raw[:, :, ::-1])
+    np.testing.assert_array_equal(out_labels, labels[:, :, :, ::-1])
+
+
+def test_transpose_swaps_equal_sized_listed_axes_only():
+    raw, labels = pattern((1, 4, 4))
+    seen = set()
+    for seed in range(20):
+        out_raw, out_labels = SpatialTransform(transpose=["x", "y"])(raw, labels, np.random.default_rng(seed))
+        np.testing.assert_array_equal(out_labels[0], out_raw % 2)  # labels follow raw
+        seen.add(out_raw.tobytes())
+    assert seen == {raw.tobytes(), raw.transpose(0, 2, 1).tobytes()}
+    flat_raw, _ = pattern((1, 3, 5))  # unequal sizes: never swapped, shape kept
+    out_raw, _ = SpatialTransform(transpose=["x", "y", "z"])(flat_raw, flat_raw[None].astype(np.float32), RNG)
+    np.testing.assert_array_equal(out_raw, flat_raw)
+
+
+def test_rotate_90_about_z_turns_the_plane():
+    raw, labels = pattern((1, 4, 4))
+    out_raw, out_labels = SpatialTransform(rotate={"z": [90, 90]})(raw, labels, RNG)
+    assert out_raw.dtype == np.uint8 and out_raw.shape == (1, 4, 4)
+    np.testing.assert_array_equal(out_raw[0], np.rot90(raw[0], k=-1))
+    np.testing.assert_array_equal(out_labels[:, 0], np.rot90(labels[:, 0], k=-1, axes=(1, 2)))
+
+
+def test_rotate_45_makes_corners_unknown_and_keeps_label_values():
+    raw = np.full((1, 16, 16), 200, dtype=np.uint8)
+    labels = np.zeros((1, 1, 16, 16), dtype=np.float32)
+    labels[0, 0, :, 8:] = 1
+    out_raw, out_labels = SpatialTransform(rotate={"z": [45, 45]})(raw, labels, RNG)
+    assert np.isnan(out_labels[0, 0, 0, 0]) and out_raw[0, 0, 0] == 0  # a corner came from outside
+    assert not np.isnan(out_labels[0, 0, 8, 8]) and out_raw[0, 8, 8] == 200  # the centre did not
+    values = set(np.unique(out_labels[~np.isnan(out_labels)]).tolist())
+    assert values == {0.0, 1.0}  # nearest neighbour: no blended label values
+
+
+def test_rotate_about_x_in_3d_moves_z_into_y():
+    raw = np.zeros((5, 5, 5), dtype=np.uint8)
+    raw[0, 2, :] = 100  # a line along x at the top z slice, centre y
+    out_raw, _ = SpatialTransform(rotate={"x": [90, 90]})(raw, raw[None].astype(np.float32), RNG)
+    line = np.argwhere(out_raw[:, :, 2] == 100)
+    assert line.tolist() in ([[2, 0]], [[2, 4]])  # now in the centre z slice, at a y edge
+
+
+def test_value_transforms():
+    raw = np.array([0, 51, 255], dtype=np.uint8)
+    np.testing.assert_allclose(NormalizeRaw("unit")(raw), [0, 0.2, 1])
+    np.testing.assert_allclose(NormalizeRaw("meanstd", mean=51, std=51)(raw), [-1, 0, 4])
+    np.testing.assert_array_equal(BinarizeLabels(0)(np.array([0, 3, np.nan])), [0, 1, np.nan])
+
+
+def test_sample_is_a_pure_function_of_the_generator():
+    raw, labels = pattern((1, 8, 8))
+    transforms = SampleTransforms(SpatialTransform({"x": 0.5, "y": 0.5}, ["x", "y"], {"z": [-180, 180]}), NormalizeRaw(), BinarizeLabels())
+    first = transforms(raw, labels, np.random.default_rng([3, 7]))
+    second = transforms(raw, labels, np.random.default_rng([3, 7]))
+    for a, b in zip(first, second):
+        np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("group, rotate, transpose", [("default", {"z": [-180, 180]}, ["x", "y"]),
+                                                      ("3d", {"z": [-180, 180], "y": [-180, 180], "x": [-180, 180]}, ["x", "y", "z"]),
+                                                      ("none", None, None)])
+def test_transform_groups_instantiate(compose_cfg, group, rotate, transpose):
+    cfg = compose_cfg(f"transforms={group}")
+    train, val = instantiate(cfg.transforms.train), instantiate(cfg.transforms.val)
+    assert val.spatial is None and isinstance(val.raw, NormalizeRaw) and isinstance(val.target, BinarizeLabels)
+    if rotate is None:
+        assert train.spatial is None
+    else:
+        assert {k: list(v) for k, v in train.spatial.rotate.items()} == rotate and train.spatial.transpose == transpose
+
+
+def test_rotation_about_two_axes_equals_the_two_turns_in_sequence():
+    raw = np.arange(27, dtype=np.uint8).reshape(3, 3, 3)
+    labels = raw[None].astype(np.float32)
+    both = SpatialTransform(rotate={"x": [90, 90], "y": [90, 90]})(raw, labels, RNG)  # the full 3D path
+    first = SpatialTransform(rotate={"y": [90, 90]})(raw, labels, RNG)
+    second = SpatialTransform(rotate={"x": [90, 90]})(*first, RNG)
+    for a, b in zip(both, second):
+        np.testing.assert_array_equal(a, b)
+    assert sorted(both[0].ravel().tolist()) == list(range(27))  # a permutation: nothing blended or lost
