@@ -1,8 +1,8 @@
 """Checkpoint files: one per epoch, written atomically, read with `weights_only=True`.
 
-A full checkpoint is a dict {model, optimizer, scheduler, scaler, epoch, step, best_metric,
-metrics, rng, config}. A bare state_dict (the challenge's format) is also accepted and
-initialises the model only.
+A full checkpoint is a dict {model, optimizer, optimizer_type, scheduler, scheduler_type, scaler,
+epoch, step, best_metric, best_epoch, tracked_metric, metrics, rng, config}. A bare state_dict (the challenge's format)
+is also accepted and initialises the model only.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ import os
 import random
 import re
 from pathlib import Path
+from typing import Iterable
 
 import numpy as np
 import torch
@@ -26,7 +27,7 @@ def format_path(template: str | os.PathLike, model_name: str, epoch: int | str) 
 
 
 def epoch_files(template: str | os.PathLike, model_name: str) -> dict[int, Path]:
-    """{epoch: path} for every file matching the template ('{epoch}' read from the name)."""
+    """{epoch: path} for every file matching the template ('{epoch}' read from the name), by epoch."""
     pattern = str(template).replace("{model_name}", model_name)
     head, _, tail = pattern.partition("{epoch}")
     regex = re.compile(re.escape(head) + r"(\d+)" + re.escape(tail) + "$")
@@ -38,10 +39,22 @@ def epoch_files(template: str | os.PathLike, model_name: str) -> dict[int, Path]
     return dict(sorted(found.items()))
 
 
-def latest_checkpoint(template: str | os.PathLike, model_name: str) -> Path | None:
-    """Highest epoch by the number in the file name, never by modification time."""
+def latest_checkpoint(template: str | os.PathLike, model_name: str) -> tuple[int, Path] | None:
+    """(epoch, path) of the highest epoch by the number in the file name, never by modification time."""
     files = epoch_files(template, model_name)
-    return files[max(files)] if files else None
+    return (max(files), files[max(files)]) if files else None
+
+
+def prune_checkpoints(template: str | os.PathLike, model_name: str, keep_last: int | None, keep: Iterable[int | None] = ()) -> list[Path]:
+    """Delete all but the `keep_last` highest epochs and the epochs in `keep` (the best one)."""
+    if keep_last is None:
+        return []
+    files = epoch_files(template, model_name)
+    kept = set(sorted(files)[-keep_last:]) | {e for e in keep if e is not None}
+    removed = [path for epoch, path in files.items() if epoch not in kept]
+    for path in removed:
+        path.unlink(missing_ok=True)
+    return removed
 
 
 def rng_state() -> dict:
@@ -85,6 +98,11 @@ def save_checkpoint(state: dict, path: str | os.PathLike) -> Path:
     return path
 
 
+def _first_line(err: BaseException, limit: int = 300) -> str:
+    lines = [line.strip() for line in str(err).strip().splitlines() if line.strip()]
+    return " ".join(lines[:3])[:limit] if lines else type(err).__name__
+
+
 def read_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
     path = Path(path)
     if not path.is_file():
@@ -92,8 +110,7 @@ def read_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:
-        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise CheckpointError(f"{path}: not a readable checkpoint ({reason[:200]})") from err
+        raise CheckpointError(f"{path}: not a readable checkpoint, truncated or corrupt? ({_first_line(err, 200)})") from err
     if not isinstance(state, dict):
         raise CheckpointError(f"{path}: checkpoint holds a {type(state).__name__}, expected a dict")
     return state
@@ -108,10 +125,27 @@ def load_weights(model: torch.nn.Module, state: dict, path: str | os.PathLike) -
     weights = state["model"] if is_full(state) else state
     try:
         model.load_state_dict(weights, strict=True)
-    except (RuntimeError, KeyError, TypeError) as err:
-        first = str(err).strip().splitlines()
-        detail = " ".join(line.strip() for line in first[:3])
-        raise CheckpointError(f"{path}: does not match the model ({detail[:300]})") from err
+    except (RuntimeError, KeyError, TypeError, ValueError) as err:
+        raise CheckpointError(f"{path}: does not match the model ({_first_line(err)})") from err
+
+
+def load_training_state(state: dict, path: str | os.PathLike, optimizer, scheduler, scaler) -> None:
+    """Optimizer, scheduler, grad scaler and RNG of a full checkpoint; a checkpoint written with
+    another optimizer or scheduler is an error naming the file, not a silent partial resume."""
+    for key, current in (("optimizer_type", optimizer), ("scheduler_type", scheduler)):
+        saved, now = state.get(key), type(current).__name__
+        if saved is not None and current is not None and saved != now:
+            raise CheckpointError(f"{path}: cannot resume, it was written with {saved} and this run uses {now} "
+                                  f"(start fresh with load_model=null, or a new run folder)")
+    try:
+        optimizer.load_state_dict(state["optimizer"])
+        if scheduler is not None and state.get("scheduler"):
+            scheduler.load_state_dict(state["scheduler"])
+        if state.get("scaler"):  # empty when saved without fp16; the scaler then starts fresh
+            scaler.load_state_dict(state["scaler"])
+        set_rng_state(state["rng"])
+    except (RuntimeError, KeyError, TypeError, ValueError, IndexError) as err:
+        raise CheckpointError(f"{path}: cannot resume the optimizer/scheduler/RNG state ({_first_line(err)})") from err
 
 
 def load_latest(search_path: str | os.PathLike, model: torch.nn.Module, model_name: str | None = None) -> int | None:
@@ -120,26 +154,43 @@ def load_latest(search_path: str | os.PathLike, model: torch.nn.Module, model_na
     template = str(search_path)
     if "{model_name}" in template and model_name is None:
         model_name = type(model).__name__
-    path = latest_checkpoint(template, model_name or "")
-    if path is None:
+    found = latest_checkpoint(template, model_name or "")
+    if found is None:
         return None
+    epoch, path = found
     state = read_checkpoint(path)
     load_weights(model, state, path)
-    return int(state["epoch"]) if is_full(state) else max(epoch_files(template, model_name or ""))
+    return int(state["epoch"]) if is_full(state) else epoch
 
 
-def best_epoch_from_logs(logs_save_path: str | os.PathLike, tag: str, low_is_best: bool, smoothing_window: int = 1) -> int | None:
-    """The epoch with the best (optionally moving-averaged) value of scalar `tag` in the
-    TensorBoard event files under `logs_save_path`; steps of epoch scalars are epoch numbers."""
+def read_scalars(logs_save_path: str | os.PathLike, tag: str) -> dict[int, float]:
+    """{step: value} of scalar `tag` in every event file under `logs_save_path`; a later file
+    (a resumed run) wins for a step written twice."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     values: dict[int, float] = {}
-    for events in sorted(Path(logs_save_path).rglob("events.out.tfevents.*")):
+    for events in sorted(Path(logs_save_path).rglob("events.out.tfevents.*"), key=_event_file_order):
         acc = EventAccumulator(str(events), size_guidance={"scalars": 0})
         acc.Reload()
         if tag in acc.Tags().get("scalars", []):
             values.update({event.step: event.value for event in acc.Scalars(tag)})
-    values = {step: v for step, v in values.items() if np.isfinite(v)}
+    return values
+
+
+def _event_file_order(path: Path) -> tuple:
+    """Event files are named events.out.tfevents.<unix time>.<host>...: order by that time."""
+    parts = path.name.split(".")
+    return (int(parts[3]) if len(parts) > 3 and parts[3].isdigit() else 0, str(path))
+
+
+def best_epoch_from_logs(logs_save_path: str | os.PathLike, tag: str, low_is_best: bool, smoothing_window: int = 1,
+                         among: Iterable[int] | None = None) -> int | None:
+    """The epoch with the best (optionally moving-averaged) value of scalar `tag` in the
+    TensorBoard event files under `logs_save_path`; steps of epoch scalars are epoch numbers.
+    `among` restricts the choice (to epochs that still have a checkpoint file)."""
+    if smoothing_window < 1:
+        raise ValueError(f"smoothing_window must be >= 1, got {smoothing_window}")
+    values = {step: v for step, v in read_scalars(logs_save_path, tag).items() if np.isfinite(v)}
     if not values:
         return None
     steps = sorted(values)
@@ -147,20 +198,24 @@ def best_epoch_from_logs(logs_save_path: str | os.PathLike, tag: str, low_is_bes
     if smoothing_window > 1:
         padded = np.pad(series, (smoothing_window // 2, smoothing_window - 1 - smoothing_window // 2), mode="edge")
         series = np.convolve(padded, np.ones(smoothing_window) / smoothing_window, mode="valid")
-    index = int(np.argmin(series) if low_is_best else np.argmax(series))
-    return steps[index]
+    allowed = None if among is None else set(among)
+    candidates = [(value, step) for step, value in zip(steps, series) if allowed is None or step in allowed]
+    if not candidates:
+        return None
+    # ties go to the earliest epoch, like argmin/argmax
+    best = min(candidates, key=lambda c: (c[0] if low_is_best else -c[0], c[1]))
+    return best[1]
 
 
 def load_best_val(logs_save_path: str | os.PathLike, model_save_path: str | os.PathLike, model: torch.nn.Module,
                   low_is_best: bool = True, smoothing_window: int = 1, tag: str = "loss/val",
                   model_name: str | None = None) -> int | None:
     """Load the checkpoint of the epoch with the best validation scalar (default `loss/val`,
-    lowest best); return that epoch, or None when there are no logs or no such checkpoint."""
-    epoch = best_epoch_from_logs(logs_save_path, tag, low_is_best, smoothing_window)
-    if epoch is None:
-        return None
+    lowest best; the challenge logs it as tag="validation") among the epochs that have a
+    checkpoint file; return that epoch, or None when there are no logs or no such checkpoint."""
     files = epoch_files(model_save_path, model_name or "")
-    if epoch not in files:
+    epoch = best_epoch_from_logs(logs_save_path, tag, low_is_best, smoothing_window, among=files)
+    if epoch is None:
         return None
     state = read_checkpoint(files[epoch])
     load_weights(model, state, files[epoch])

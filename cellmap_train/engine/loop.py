@@ -1,34 +1,37 @@
 """The training loop: plain PyTorch, one function, read top to bottom.
 
+    resume from a full checkpoint / initialise from weights / start fresh
     for each epoch:
         iterations_per_epoch optimizer steps, each on a fresh random batch
-        (gradient_accumulation_steps micro-batches, autocast, grad scaler, clipping)
-        validate -> scheduler step -> TensorBoard -> checkpoint
+        (gradient_accumulation_steps micro-batches, autocast, grad scaler, clipping, per-step scheduler)
+        validate -> per-epoch scheduler -> best metric -> TensorBoard -> checkpoint -> prune -> early stop
 
 Everything arrives as plain objects (no Hydra here), so `fit` can be called from a notebook.
+Resume is exact because training sample i is a pure function of (seed, i): the loader restarts
+at sample `step * accumulation * batch_size`, and the RNG states come back from the checkpoint.
 """
 
 from __future__ import annotations
 
 import contextlib
 import math
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from tqdm import tqdm
 
 from cellmap_train.engine.checkpoint import (
-    best_epoch_from_logs, epoch_files, format_path, is_full, latest_checkpoint, load_weights, read_checkpoint, rng_state,
-    save_checkpoint, set_rng_state,
+    best_epoch_from_logs, epoch_files, format_path, is_full, latest_checkpoint, load_training_state, load_weights,
+    prune_checkpoints, read_checkpoint, rng_state, save_checkpoint,
 )
+from cellmap_train.engine.progress import Progress
 from cellmap_train.engine.settings import TrainSettings, pick_device, seed_everything
 from cellmap_train.engine.validate import validate
-from cellmap_train.errors import UserError
+from cellmap_train.errors import ConfigError, UserError
 
 PER_STEP_SCHEDULERS = (torch.optim.lr_scheduler.OneCycleLR, torch.optim.lr_scheduler.CyclicLR)
+LOSS_SMOOTHING = 0.98  # EMA factor of loss/train_smooth (about the last 50 steps)
 
 
 class NonFiniteLossError(UserError):
@@ -46,10 +49,12 @@ class FitResult:
     epochs_done: int = 0
     steps: int = 0
     checkpoint: str | None = None
+    stopped_early: bool = False
 
 
 def fit(settings: TrainSettings, model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler, criterion,
         data, logger=None, config: dict | None = None) -> FitResult:
+    check_best_metric(settings, data.classes)
     device = pick_device(settings.device)
     seed_everything(settings.seed, settings.deterministic)
     model.to(device)
@@ -57,43 +62,57 @@ def fit(settings: TrainSettings, model: torch.nn.Module, optimizer: torch.optim.
     amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, None: None}[settings.amp]
     autocast = torch.autocast(device.type, dtype=amp_dtype) if amp_dtype else contextlib.nullcontext()
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype is torch.float16)
-    per_step_schedule = isinstance(scheduler, PER_STEP_SCHEDULERS)
+    schedule_per_step = steps_scheduler_per_step(settings, scheduler)
     train_model = torch.compile(model) if settings.compile else model
+    # (distributed training wraps train_model here; only rank 0 logs, prints and saves)
     accumulate = settings.gradient_accumulation_steps
     save_template = Path(settings.run_dir) / settings.model_save_path
     result = FitResult(best_metric=math.inf if settings.low_is_best else -math.inf)
+    tracked = math.nan  # the value "best" is judged on: best_metric, or its EMA
 
-    # ---- resume (full checkpoint) or initialise (weights only), or start fresh
-    start_epoch, step = 0, 0
+    # ---- resume (full checkpoint), initialise (weights only), or start fresh
+    start_epoch, step, resumed = 0, 0, None
     if settings.load_model:
-        path = find_checkpoint(settings, save_template, logger)
-        if path is None:
-            print(f"No checkpoint matching {format_path(save_template, settings.model_to_load, '*')}: starting fresh.")
+        found = find_checkpoint(settings)
+        if found is None:
+            print(f"No checkpoint for load_model={settings.load_model} matching "
+                  f"{format_path(save_template, settings.model_to_load, '*')}: starting fresh.")
         else:
+            name_epoch, path = found
             state = read_checkpoint(path, map_location=device)
             load_weights(model, state, path)
             if is_full(state) and settings.model_to_load == settings.model_name:
-                optimizer.load_state_dict(state["optimizer"])
-                if scheduler is not None and state.get("scheduler"):
-                    scheduler.load_state_dict(state["scheduler"])
-                scaler.load_state_dict(state.get("scaler") or {})
+                resumed = (state, path)
                 start_epoch, step = int(state["epoch"]), int(state["step"])
                 result.best_metric = float(state.get("best_metric", result.best_metric))
                 result.best_epoch = state.get("best_epoch")
-                set_rng_state(state["rng"])
-                print(f"Resumed from {path} (epoch {start_epoch}, step {step}).")
+                tracked = float(state.get("tracked_metric", math.nan))
+            elif settings.model_to_load == settings.model_name:
+                # the challenge's weights-only files: keep its epoch numbering, so nothing is overwritten
+                start_epoch, step = name_epoch, name_epoch * settings.iterations_per_epoch
+                print(f"Initialised model weights from {path} (weights only: optimizer, scheduler and RNG start "
+                      f"fresh); continuing at epoch {start_epoch + 1}.")
             else:
                 print(f"Initialised model weights from {path}.")
+    if start_epoch >= settings.epochs:
+        print(f"Nothing to train: the checkpoint is at epoch {start_epoch} and epochs={settings.epochs}.")
 
     batches = iter(data.train_loader(start_sample=step * accumulate * data.batch_size))
     val_loader = data.val_loader()
-    interactive = settings.progress_bar and sys.stderr.isatty()
+    if resumed is not None:  # after the loader took its seed, so the RNG continues where it stopped
+        load_training_state(resumed[0], resumed[1], optimizer, scheduler, scaler)
+        print(f"Resumed from {resumed[1]} (epoch {start_epoch}, step {step}).")
+        later = [e for e in epoch_files(save_template, settings.model_name) if e > start_epoch]
+        if later:  # load_model=best: say that the epochs after the best one are trained again
+            print(f"Checkpoints of epochs {later[0]}..{later[-1]} will be replaced as those epochs are trained again.")
+    progress = Progress(settings.epochs * settings.iterations_per_epoch, step, settings.progress_bar,
+                        settings.log_every_n_steps)
+    smooth_loss, smooth_weight = 0.0, 0.0
     model.train()
     for epoch in range(start_epoch + 1, settings.epochs + 1):
+        progress.set_epoch(epoch, settings.epochs)
         epoch_start, loss_sum = time.perf_counter(), 0.0
-        bar = tqdm(range(settings.iterations_per_epoch), desc=f"epoch {epoch}/{settings.epochs}", unit="it",
-                   disable=not interactive, dynamic_ncols=True, leave=False)
-        for _ in bar:
+        for _ in range(settings.iterations_per_epoch):
             step_loss = 0.0
             for _ in range(accumulate):
                 raw, target = next(batches)
@@ -103,65 +122,118 @@ def fit(settings: TrainSettings, model: torch.nn.Module, optimizer: torch.optim.
                 scaler.scale(loss).backward()
                 step_loss += loss.item()
             if not math.isfinite(step_loss):
-                raise NonFiniteLossError(f"loss is {step_loss} at epoch {epoch}, step {step + 1}; last good checkpoint kept")
+                progress.close()
+                raise NonFiniteLossError(f"loss is {step_loss} at epoch {epoch}, step {step + 1}; "
+                                         f"checkpoints of earlier epochs are kept")
             if settings.max_grad_norm:
-                scaler.unscale_(optimizer)
+                scaler.unscale_(optimizer)  # clip the true gradients, not the fp16-scaled ones
                 torch.nn.utils.clip_grad_norm_(model.parameters(), settings.max_grad_norm)
             scaler.step(optimizer)
             scaler.update()
             optimizer.zero_grad(set_to_none=True)
-            if per_step_schedule:
+            lr = optimizer.param_groups[0]["lr"]  # the rate this step used
+            if schedule_per_step:
                 scheduler.step()
             step += 1
             loss_sum += step_loss
-            bar.set_postfix(loss=f"{step_loss:.4f}")
+            smooth_loss = LOSS_SMOOTHING * smooth_loss + (1 - LOSS_SMOOTHING) * step_loss
+            smooth_weight = LOSS_SMOOTHING * smooth_weight + (1 - LOSS_SMOOTHING)  # bias correction
             if logger is not None:
-                logger.scalars({"loss/train": step_loss}, step)
-        bar.close()
+                logger.scalars({"loss/train": step_loss, "loss/train_smooth": smooth_loss / smooth_weight, "lr": lr}, step)
+            progress.update(step_loss, smooth_loss / smooth_weight)
         train_seconds = time.perf_counter() - epoch_start
 
-        # ---- validate, schedule, log, checkpoint
+        # ---- validate, schedule, judge, log, checkpoint
         val = validate(model, val_loader, criterion, data.classes, device, autocast if amp_dtype else None,
                        settings.validation_time_limit, settings.validation_batch_limit)
         metrics = {"loss/train_epoch": loss_sum / settings.iterations_per_epoch, **val.metrics,
-                   "lr": optimizer.param_groups[0]["lr"],
+                   "val/batches": val.batches, "val/coverage": val.fraction,
                    "throughput/samples_per_s": settings.iterations_per_epoch * accumulate * data.batch_size / train_seconds}
-        if scheduler is not None and not per_step_schedule:
+        if scheduler is not None and not schedule_per_step:
             if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
                 scheduler.step(metrics["loss/val"])
             else:
                 scheduler.step()
-        current = metrics.get(settings.best_metric, math.nan)
-        improved = math.isfinite(current) and (current < result.best_metric if settings.low_is_best else current > result.best_metric)
-        if improved:
-            result.best_metric, result.best_epoch = current, epoch
+        tracked = smoothed(tracked, metrics.get(settings.best_metric, math.nan), settings.best_metric_ema)
+        if settings.best_metric_ema is not None:
+            metrics[ranking_tag(settings)] = tracked
+        if is_better(tracked, result.best_metric, settings.low_is_best):
+            result.best_metric, result.best_epoch = tracked, epoch
         if logger is not None:
-            logger.scalars(metrics, epoch)
+            logger.scalars(metrics, epoch)  # epoch scalars use the epoch as their step
             if val.samples is not None:
                 logger.images(*val.samples, data.classes, epoch)
             logger.flush()
         checkpoint = save_checkpoint({
-            "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict() if scheduler is not None else None, "scaler": scaler.state_dict(),
+            "model": model.state_dict(), "optimizer": optimizer.state_dict(), "optimizer_type": type(optimizer).__name__,
+            "scheduler": scheduler.state_dict() if scheduler is not None else None,
+            "scheduler_type": type(scheduler).__name__ if scheduler is not None else None, "scaler": scaler.state_dict(),
             "epoch": epoch, "step": step, "best_metric": result.best_metric, "best_epoch": result.best_epoch,
-            "metrics": {k: float(v) for k, v in metrics.items()}, "rng": rng_state(), "config": config or {},
+            "tracked_metric": tracked, "metrics": {k: float(v) for k, v in metrics.items()}, "rng": rng_state(),
+            "config": config or {},
         }, format_path(save_template, settings.model_name, epoch))
+        prune_checkpoints(save_template, settings.model_name, settings.keep_last, keep=[result.best_epoch])
         result.final_metrics, result.epochs_done, result.steps, result.checkpoint = metrics, epoch, step, str(checkpoint)
         result.first_metrics = result.first_metrics or metrics
-        print(_epoch_line(epoch, settings.epochs, metrics, data.classes, val.coverage, train_seconds), flush=True)
+        progress.line(epoch_line(epoch, settings.epochs, metrics, data.classes, val.coverage, train_seconds))
+        since_best = epoch - (result.best_epoch or start_epoch)
+        if settings.early_stopping_patience and since_best >= settings.early_stopping_patience:
+            progress.line(f"Early stopping: no better {ranking_tag(settings)} for {since_best} epochs "
+                          f"(best {result.best_metric:.4f} at epoch {result.best_epoch}).")
+            result.stopped_early = True
+            break
+    progress.close()
     return result
 
 
-def find_checkpoint(settings: TrainSettings, save_template: Path, logger) -> Path | None:
-    """load_model=latest: highest epoch; best: the epoch with the best `best_metric` in the logs."""
-    if settings.load_model == "best":
-        log_dir = getattr(logger, "log_dir", None)
-        epoch = best_epoch_from_logs(log_dir, settings.best_metric, settings.low_is_best) if log_dir else None
-        return epoch_files(save_template, settings.model_to_load).get(epoch) if epoch is not None else None
-    return latest_checkpoint(save_template, settings.model_to_load)
+def find_checkpoint(settings: TrainSettings) -> tuple[int, Path] | None:
+    """(epoch, path) for load_model=latest (highest epoch in the name) or best (the best
+    `best_metric`, or its EMA, in the TensorBoard logs, among the files that exist)."""
+    template = Path(settings.run_dir) / settings.model_save_path
+    if settings.load_model == "latest":
+        return latest_checkpoint(template, settings.model_to_load)
+    files = epoch_files(template, settings.model_to_load)
+    log_dir = format_path(Path(settings.run_dir) / settings.logs_save_path, settings.model_to_load, "")
+    epoch = best_epoch_from_logs(log_dir, ranking_tag(settings), settings.low_is_best, among=files)
+    return (epoch, files[epoch]) if epoch is not None else None
 
 
-def _epoch_line(epoch: int, epochs: int, metrics: dict, classes, coverage: str, seconds: float) -> str:
-    dice = " ".join(f"{c}={metrics.get(f'dice/{c}', math.nan):.3f}" for c in classes)
-    return (f"epoch {epoch}/{epochs}: loss/train {metrics['loss/train_epoch']:.4f}  loss/val {metrics['loss/val']:.4f}  "
-            f"dice/mean {metrics['dice/mean']:.3f} ({dice})  [train {seconds:.1f}s, val {coverage}]")
+def check_best_metric(settings: TrainSettings, classes) -> None:
+    known = ["loss/val", "loss/train_epoch", "dice/mean", "iou/mean", *(f"{m}/{c}" for m in ("dice", "iou") for c in classes)]
+    if settings.best_metric not in known:
+        raise ConfigError(f"trainer.best_metric={settings.best_metric!r}: must be one of {', '.join(known)}")
+
+
+def steps_scheduler_per_step(settings: TrainSettings, scheduler) -> bool:
+    if scheduler is None:
+        return False
+    if settings.scheduler_interval == "auto":
+        return isinstance(scheduler, PER_STEP_SCHEDULERS)
+    return settings.scheduler_interval == "step"
+
+
+def ranking_tag(settings: TrainSettings) -> str:
+    return settings.best_metric + ("_ema" if settings.best_metric_ema is not None else "")
+
+
+def smoothed(previous: float, current: float, ema: float | None) -> float:
+    """nnU-Net's smoothing: ema * previous + (1 - ema) * current; a missing (NaN) epoch keeps the previous."""
+    if ema is None or math.isnan(previous):
+        return current
+    return previous if math.isnan(current) else ema * previous + (1 - ema) * current
+
+
+def is_better(value: float, best: float, low_is_best: bool) -> bool:
+    return math.isfinite(value) and (value < best if low_is_best else value > best)
+
+
+def _fmt(value: float, digits: int) -> str:
+    return "n/a" if value is None or math.isnan(value) else f"{value:.{digits}f}"
+
+
+def epoch_line(epoch: int, epochs: int, metrics: dict, classes, coverage: str, seconds: float) -> str:
+    """One line per epoch; a class with no known voxel in what was validated shows as n/a."""
+    dice = " ".join(f"{c}={_fmt(metrics.get(f'dice/{c}', math.nan), 3)}" for c in classes)
+    return (f"epoch {epoch}/{epochs}: loss/train {_fmt(metrics['loss/train_epoch'], 4)}  "
+            f"loss/val {_fmt(metrics['loss/val'], 4)}  dice/mean {_fmt(metrics['dice/mean'], 3)} ({dice})  "
+            f"[train {seconds:.1f}s, val {coverage}]")

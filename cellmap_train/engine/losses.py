@@ -32,3 +32,42 @@ class MaskedBCELoss(nn.Module):
         pos_weight = None if self.pos_weight is None else _channel_view(self.pos_weight.expand(logits.shape[1]), logits)
         loss = nn.functional.binary_cross_entropy_with_logits(logits, target, pos_weight=pos_weight, reduction="none")
         return (loss * known).sum() / known.sum().clamp_min(1)
+
+
+class MaskedSoftDiceLoss(nn.Module):
+    """1 - soft Dice of sigmoid(logits), per class over the whole batch and known voxels only,
+    averaged over the classes that have a known voxel in the batch.
+
+    smooth: added to numerator and denominator, so a class absent from both prediction and
+    truth scores ~1 instead of 0/0.
+    """
+
+    def __init__(self, smooth: float = 1.0):
+        super().__init__()
+        self.smooth = float(smooth)
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        known = (~torch.isnan(target)).to(logits.dtype)
+        prob = torch.sigmoid(logits) * known
+        truth = torch.nan_to_num(target, nan=0.0).to(logits.dtype) * known
+        dims = [0, *range(2, logits.ndim)]
+        overlap = (prob * truth).sum(dims)
+        total = prob.sum(dims) + truth.sum(dims)
+        dice = (2 * overlap + self.smooth) / (total + self.smooth)
+        has_known = known.sum(dims) > 0
+        if not has_known.any():
+            return logits.sum() * 0.0  # keeps the graph; nothing to learn from this batch
+        return 1 - dice[has_known].mean()
+
+
+class MaskedBCEDiceLoss(nn.Module):
+    """bce_weight * masked BCE + dice_weight * masked soft Dice (nnU-Net's default pairing)."""
+
+    def __init__(self, pos_weight: float | Sequence[float] | None = None, smooth: float = 1.0,
+                 bce_weight: float = 1.0, dice_weight: float = 1.0):
+        super().__init__()
+        self.bce, self.dice = MaskedBCELoss(pos_weight), MaskedSoftDiceLoss(smooth)
+        self.bce_weight, self.dice_weight = float(bce_weight), float(dice_weight)
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return self.bce_weight * self.bce(logits, target) + self.dice_weight * self.dice(logits, target)

@@ -20,6 +20,7 @@ class TrainSettings:
     device: str | None = None
     model_name: str = "model"
     model_save_path: str = "checkpoints/{model_name}_{epoch}.pth"
+    logs_save_path: str = "tensorboard/{model_name}"  # where load_model=best reads the metric
     load_model: str | None = "latest"  # latest | best | None
     model_to_load: str | None = None
     validation_time_limit: float | None = None
@@ -29,10 +30,15 @@ class TrainSettings:
     amp: str | None = None  # None | bf16 | fp16
     compile: bool = False
     deterministic: bool = False
+    scheduler_interval: str = "auto"  # auto | epoch | step (auto: step for OneCycleLR/CyclicLR)
     best_metric: str = "dice/mean"
     low_is_best: bool = False
+    best_metric_ema: float | None = None  # e.g. 0.9: rank epochs by an EMA of best_metric (nnU-Net)
+    keep_last: int | None = None  # checkpoints kept besides the best one (None = all)
+    early_stopping_patience: int | None = None  # epochs without a new best before stopping
     progress_bar: bool = True
-    run_dir: str = "."  # relative paths (model_save_path) are taken from here
+    log_every_n_steps: int = 50  # a plain progress line every N steps when stderr is not a terminal
+    run_dir: str = "."  # relative paths (model_save_path, logs_save_path) are taken from here
 
     def __post_init__(self):
         self.model_to_load = self.model_to_load or self.model_name
@@ -45,19 +51,31 @@ class TrainSettings:
             (self.amp in (None, "bf16", "fp16"), f"trainer.amp must be null, bf16 or fp16, got {self.amp!r}"),
             (self.load_model in (None, "latest", "best"), f"load_model must be latest, best or null, got {self.load_model!r}"),
             ("{epoch}" in str(self.model_save_path), f"model_save_path must contain '{{epoch}}', got {self.model_save_path!r}"),
+            (self.scheduler_interval in ("auto", "epoch", "step"), f"trainer.scheduler_interval must be auto, epoch or step, got {self.scheduler_interval!r}"),
+            (self.best_metric_ema is None or 0 <= self.best_metric_ema < 1, f"trainer.best_metric_ema must be null or in [0, 1), got {self.best_metric_ema}"),
+            (_none_or_at_least(self.keep_last, 1), f"trainer.keep_last must be null or >= 1, got {self.keep_last}"),
+            (_none_or_at_least(self.early_stopping_patience, 1), f"trainer.early_stopping_patience must be null or >= 1, got {self.early_stopping_patience}"),
+            (self.log_every_n_steps >= 1, f"trainer.log_every_n_steps must be >= 1, got {self.log_every_n_steps}"),
         ]
         for ok, message in checks:
             if not ok:
                 raise ConfigError(message)
 
 
+def _none_or_at_least(value, low: int) -> bool:
+    return value is None or value >= low
+
+
 def pick_device(name: str | None) -> torch.device:
     """None = cuda, then mps, then cpu."""
     if name:
         try:
-            return torch.device(name)
+            device = torch.device(name)
         except RuntimeError as err:
             raise ConfigError(f"device={name!r}: {err}") from err
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise ConfigError(f"device={name!r}: CUDA is not available on this machine (device=null picks what is)")
+        return device
     if torch.cuda.is_available():
         return torch.device("cuda")
     if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():

@@ -23,6 +23,11 @@ class ValidationResult:
     samples: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = field(default=None, repr=False)
 
     @property
+    def fraction(self) -> float:
+        """Share of the validation set seen (NaN when its length is unknown)."""
+        return self.batches / self.total_batches if self.total_batches else math.nan
+
+    @property
     def coverage(self) -> str:
         total = "?" if self.total_batches is None else self.total_batches
         return f"{self.batches}/{total} batches in {self.seconds:.1f}s"
@@ -32,8 +37,16 @@ class ValidationResult:
 def validate(model: torch.nn.Module, loader: Iterable, criterion, classes: Sequence[str], device: torch.device,
              autocast: contextlib.AbstractContextManager | None = None, time_limit: float | None = None,
              batch_limit: int | None = None, keep_samples: int = 4) -> ValidationResult:
-    """Averages over what was seen; stops at `batch_limit` batches or once `time_limit` s passed.
-    Keeps the first `keep_samples` (raw, target, probability) triples for TensorBoard images."""
+    """Averages over what was seen; stops after `batch_limit` batches or once `time_limit` s
+    have passed (at least one batch is always seen). Keeps the first `keep_samples`
+    (raw, target, probability) triples for TensorBoard images. Runs in a fork of the torch RNG,
+    so how much is validated never changes the training that follows (exact resume)."""
+    cuda_devices = [device.index or 0] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=cuda_devices):
+        return _validate(model, loader, criterion, classes, device, autocast, time_limit, batch_limit, keep_samples)
+
+
+def _validate(model, loader, criterion, classes, device, autocast, time_limit, batch_limit, keep_samples) -> ValidationResult:
     was_training = model.training
     model.eval()
     counter = OverlapCounter(classes)
@@ -45,10 +58,6 @@ def validate(model: torch.nn.Module, loader: Iterable, criterion, classes: Seque
     except TypeError:
         total = None
     for raw, target in loader:
-        if batch_limit is not None and batches >= batch_limit:
-            break
-        if time_limit is not None and batches > 0 and time.perf_counter() - start > time_limit:
-            break
         raw, target = raw.to(device, non_blocking=True), target.to(device, non_blocking=True)
         with autocast or contextlib.nullcontext():
             logits = model(raw)
@@ -61,6 +70,11 @@ def validate(model: torch.nn.Module, loader: Iterable, criterion, classes: Seque
         if samples is None:
             samples = (raw[:keep_samples].float().cpu(), target[:keep_samples].cpu(), torch.sigmoid(logits[:keep_samples]).cpu())
         batches += 1
+        # checked after a batch, so no batch is read that is then thrown away
+        if batch_limit is not None and batches >= batch_limit:
+            break
+        if time_limit is not None and time.perf_counter() - start >= time_limit:
+            break
     model.train(was_training)
     metrics = {"loss/val": loss_sum / loss_weight if loss_weight else math.nan, **counter.scores()}
     return ValidationResult(metrics, batches, total, time.perf_counter() - start, samples)

@@ -1,0 +1,133 @@
+"""Engine benchmark, two questions measured in one run:
+
+1. Does the data loader keep the model busy? Train iterations/s of `experiment=demo`'s 2d_unet at
+   batch 8 on the demo data, fed by the real loader vs by batches pre-loaded in memory (the same
+   model step either way). Target: loader / pre-loaded >= 0.95.
+2. How long from process start to the first optimizer step, beyond importing torch?
+   (`python -m cellmap_train experiment=demo` in a fresh run folder.) Target: <= 3 s.
+
+    python benchmarks/engine.py [--steps 25] [--warmup 5] [--starts 3] [overrides...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.core.hydra_config import HydraConfig
+from hydra.utils import instantiate
+
+from cellmap_train.config import config_dir
+
+REPO = Path(__file__).resolve().parents[1]
+OVERRIDES = ["experiment=demo", "model=2d_unet", "batch_size=8"]
+
+
+def build(run_dir: Path, overrides: list[str]):
+    """Model, optimizer, criterion and data exactly as `python -m cellmap_train` composes them."""
+    with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
+        cfg = compose("config", overrides=[f"paths.output_dir={run_dir}", *overrides], return_hydra_config=True)
+    HydraConfig.instance().set_config(cfg)
+    torch.manual_seed(cfg.seed)
+    model = instantiate(cfg.model)
+    optimizer = instantiate(cfg.optimizer)(model.parameters())
+    data = instantiate(cfg.data, datasplit_path=str(run_dir / "datasplit.csv"),
+                       train_transforms=instantiate(cfg.transforms.train), val_transforms=instantiate(cfg.transforms.val))
+    return model, optimizer, instantiate(cfg.loss), data
+
+
+def timed_steps(model, optimizer, criterion, batches, steps: int) -> float:
+    """Seconds for `steps` optimizer steps (the loop's step without AMP or clipping)."""
+    start = time.perf_counter()
+    for _ in range(steps):
+        raw, target = next(batches)
+        loss = criterion(model(raw).float(), target)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        loss.item()
+    return time.perf_counter() - start
+
+
+def loader_vs_preloaded(steps: int, warmup: int, overrides: list[str]) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        model, optimizer, criterion, data = build(Path(tmp), overrides)
+        model.train()
+        stream = iter(data.train_loader())
+        timed_steps(model, optimizer, criterion, stream, warmup)  # workers started, caches warm
+        preloaded = [next(stream) for _ in range(steps)]
+        # alternate the two, twice, so a load change on the shared machine hits both alike
+        loader_s = preloaded_s = 0.0
+        for _ in range(2):
+            loader_s += timed_steps(model, optimizer, criterion, stream, steps)
+            preloaded_s += timed_steps(model, optimizer, criterion, iter(preloaded), steps)
+    n = 2 * steps
+    print(f"model: {type(model).__name__} {sum(p.numel() for p in model.parameters()) / 1e6:.2f} M parameters, "
+          f"batch {data.batch_size}, input {list(data.input_info.shape)}, {torch.get_num_threads()} torch threads, "
+          f"loader kwargs {data.dataloader_kwargs}")
+    print(f"real loader   : {n / loader_s:7.2f} it/s  ({n} steps, {loader_s:.1f} s)")
+    print(f"pre-loaded    : {n / preloaded_s:7.2f} it/s  ({n} steps, {preloaded_s:.1f} s)")
+    print(f"ratio loader/pre-loaded: {preloaded_s / loader_s:.3f}  (target >= 0.95)")
+
+
+CHILD = """
+import os, sys, time
+t0 = time.time()
+import torch
+t1 = time.time()
+import torch._dynamo  # torch.optim imports it when the first optimizer is built: timed apart
+t2 = time.time()
+from torch.optim.optimizer import register_optimizer_step_post_hook
+def first_step(optimizer, args, kwargs):
+    print(f"TIMES {t0} {t1} {t2} {time.time()}", flush=True)
+    os._exit(0)
+register_optimizer_step_post_hook(first_step)
+sys.argv = ["cellmap_train", *sys.argv[1:]]
+from cellmap_train.train import main
+main()
+"""
+
+
+def start_to_first_step(starts: int, overrides: list[str]) -> None:
+    rows = []
+    for i in range(starts):
+        with tempfile.TemporaryDirectory() as tmp:
+            launched = time.time()
+            proc = subprocess.run([sys.executable, "-c", CHILD, *overrides, f"hydra.run.dir={tmp}/run"],
+                                  cwd=tmp, capture_output=True, text=True, timeout=600)
+        line = next((l for l in proc.stdout.splitlines() if l.startswith("TIMES ")), None)
+        if line is None:
+            sys.exit(f"run {i} never reached an optimizer step:\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}")
+        t0, t1, t2, first = map(float, line.split()[1:])
+        rows.append((first - launched, t1 - t0, t2 - t1, first - launched - (t2 - t0)))
+    for total, torch_import, dynamo_import, beyond in rows:
+        print(f"process start -> first optimizer step: {total:5.2f} s  (import torch {torch_import:4.2f} s, "
+              f"its torch._dynamo {dynamo_import:4.2f} s, beyond both {beyond:4.2f} s)")
+    print(f"median beyond importing torch and torch._dynamo: {statistics.median(r[3] for r in rows):.2f} s; "
+          f"beyond torch alone: {statistics.median(r[2] + r[3] for r in rows):.2f} s  (target <= 3 s)")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=25, help="timed steps per variant and round (0: skip)")
+    parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--starts", type=int, default=3)
+    parser.add_argument("overrides", nargs="*", help="Hydra overrides added after " + " ".join(OVERRIDES))
+    args = parser.parse_args()
+    overrides = [*OVERRIDES, *args.overrides]
+    print(f"cellmap_train engine benchmark: torch {torch.__version__}, {os.cpu_count()} CPUs, overrides {overrides}")
+    if args.steps:
+        loader_vs_preloaded(args.steps, args.warmup, overrides)
+    start_to_first_step(args.starts, overrides)
+
+
+if __name__ == "__main__":
+    main()
