@@ -2,18 +2,24 @@
 
 from __future__ import annotations
 
+import math
 import os
 import sys
+import time
 from pathlib import Path
 
 import hydra
+from hydra.core.hydra_config import HydraConfig
 from hydra.errors import InstantiationException
+from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from cellmap_train.config import CONFIG_NAME, check_shorthands, config_dir
 from cellmap_train.engine import FitResult, fit, seed_everything
 from cellmap_train.errors import UserError
+from cellmap_train.sweep import write_result
+from cellmap_train.models.build import build_model
 
 
 def run_path(cfg: DictConfig, path: str) -> str:
@@ -25,7 +31,7 @@ def train(cfg: DictConfig) -> FitResult:
     check_shorthands(cfg)
     seed_everything(cfg.seed)  # before the model, so its initial weights follow the seed
     settings = instantiate(cfg.trainer, run_dir=cfg.paths.output_dir)
-    model = instantiate(OmegaConf.merge(cfg.model, cfg.get("model_kwargs") or {}))
+    model = build_model(cfg.model, cfg.get("model_kwargs"))
     optimizer = instantiate(cfg.optimizer)(model.parameters())
     scheduler = instantiate(cfg.scheduler)(optimizer)
     criterion = instantiate(cfg.loss)
@@ -35,8 +41,11 @@ def train(cfg: DictConfig) -> FitResult:
     try:
         result = fit(settings, model, optimizer, scheduler, criterion, data, logger,
                      config=OmegaConf.to_container(cfg, resolve=True))
-        logger.hparams({"lr": cfg.lr, "batch_size": cfg.batch_size, "seed": cfg.seed, "model": cfg.model_name},
-                       {settings.best_metric: result.best_metric, **{k: v for k, v in result.final_metrics.items() if k.startswith(("dice/", "loss/val"))}})
+        logger.hparams({"lr": cfg.lr, "batch_size": cfg.batch_size, "seed": cfg.seed, "model": cfg.model_name,
+                        "epochs": cfg.epochs, "iterations_per_epoch": cfg.iterations_per_epoch,
+                        "optimizer": cfg.optimizer._target_, "loss": cfg.loss._target_},
+                       {f"best/{settings.best_metric}": result.best_metric,
+                        **{k: v for k, v in result.final_metrics.items() if k.startswith(("dice/", "iou/", "loss/val"))}})
     finally:
         logger.close()
     return result
@@ -61,14 +70,37 @@ def one_line(err: BaseException) -> str:
     return str(err).strip().splitlines()[0]
 
 
+def record(result: FitResult | None, cfg: DictConfig, seconds: float, error: str | None = None) -> dict:
+    """What result.json (and a sweep's summary.csv) says about this run."""
+    final = result.final_metrics if result else {}
+    return {
+        "status": "failed" if error else "ok", "error": error,
+        "best_metric_name": cfg.trainer.best_metric, "best_metric": result.best_metric if result else None,
+        "best_epoch": result.best_epoch if result else None,
+        "final_metric": final.get(cfg.trainer.best_metric), "final_loss_val": final.get("loss/val"),
+        "epochs_done": result.epochs_done if result else 0, "steps": result.steps if result else 0,
+        "wall_time_s": round(seconds, 2), "checkpoint": result.checkpoint if result else None,
+    }
+
+
 @hydra.main(version_base="1.3", config_path=config_dir(), config_name=CONFIG_NAME)
 def main(cfg: DictConfig) -> float:
+    """One run. In a --multirun a failing job is recorded and the sweep goes on; otherwise a
+    user error exits 1 with one line (a traceback only with HYDRA_FULL_ERROR=1)."""
+    start = time.perf_counter()
+    multirun = HydraConfig.get().mode == RunMode.MULTIRUN
     try:
         result = train(cfg)
-    except (UserError, InstantiationException) as err:
-        if os.environ.get("HYDRA_FULL_ERROR") == "1":
+    except Exception as err:
+        expected = isinstance(err, (UserError, InstantiationException))
+        if os.environ.get("HYDRA_FULL_ERROR") == "1" or not (expected or multirun):
             raise
-        print(f"cellmap_train: error: {one_line(err)}", file=sys.stderr)
+        message = one_line(err) if expected else f"{type(err).__name__}: {err}".splitlines()[0]
+        print(f"cellmap_train: error: {message}", file=sys.stderr)
+        write_result(cfg.paths.output_dir, record(None, cfg, time.perf_counter() - start, error=message))
+        if multirun:
+            return math.nan
         sys.exit(1)
+    write_result(cfg.paths.output_dir, record(result, cfg, time.perf_counter() - start))
     report(result, cfg)
     return result.best_metric

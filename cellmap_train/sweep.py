@@ -1,0 +1,125 @@
+"""Run records and the multirun summary.
+
+Every run writes `result.json` in its folder (status, one-line error, metrics, wall time).
+After a `--multirun`, the `SweepSummary` Hydra callback gathers the jobs' records into
+`summary.csv` in the sweep folder, prints them sorted by the best metric, and adds the mean
+and spread over seeds for every other combination of swept values.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import yaml
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig
+
+RESULT_FILE = "result.json"
+
+
+def write_result(run_dir: str | os.PathLike, record: dict[str, Any]) -> Path:
+    """Atomically write a run's record (NaN/inf become null so the file is strict JSON)."""
+    clean = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in record.items()}
+    path = Path(run_dir) / RESULT_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{RESULT_FILE}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(clean, indent=2, default=str) + "\n")
+    os.replace(tmp, path)
+    return path
+
+
+def swept_values(job_dir: Path, swept_keys: list[str]) -> dict[str, str]:
+    """The job's value for every swept key, read from Hydra's record of its overrides."""
+    overrides_file = job_dir / ".hydra" / "overrides.yaml"
+    overrides = yaml.safe_load(overrides_file.read_text()) if overrides_file.exists() else []
+    values = {}
+    for item in overrides or []:
+        key, _, value = str(item).lstrip("+~").partition("=")
+        if key in swept_keys:
+            values[key] = value
+    return values
+
+
+def swept_keys_of(task_overrides: list[str]) -> list[str]:
+    """Keys given several values on the command line (`seed=1,2,3`, `lr=range(...)`, `choice(...)`)."""
+    keys = []
+    for item in task_overrides:
+        key, _, value = str(item).lstrip("+~").partition("=")
+        if "," in value.replace("\\,", "") and not value.strip().startswith(("[", "{")) or value.startswith(("range(", "choice(", "interval(", "glob(")):
+            keys.append(key)
+    return keys
+
+
+def collect(sweep_dir: Path, swept_keys: list[str]) -> pd.DataFrame:
+    rows = []
+    for job_dir in sorted((p for p in sweep_dir.iterdir() if p.is_dir() and (p / ".hydra").is_dir()),
+                          key=lambda p: (not p.name.isdigit(), int(p.name) if p.name.isdigit() else p.name)):
+        record_file = job_dir / RESULT_FILE
+        record = json.loads(record_file.read_text()) if record_file.exists() else {"status": "failed", "error": "no result.json (job crashed)"}
+        rows.append({"job": job_dir.name, **swept_values(job_dir, swept_keys), **record})
+    frame = pd.DataFrame(rows)
+    for key in swept_keys:
+        if key in frame:
+            frame[key] = _numeric_or_text(frame[key])
+    return frame
+
+
+def _numeric_or_text(column: pd.Series) -> pd.Series:
+    converted = pd.to_numeric(column, errors="coerce")
+    return converted if converted.notna().all() else column
+
+
+def seed_statistics(frame: pd.DataFrame, swept_keys: list[str], metric: str = "best_metric") -> pd.DataFrame | None:
+    """Mean ± std of the metric over seeds, for every combination of the other swept values."""
+    if "seed" not in swept_keys or metric not in frame:
+        return None
+    others = [k for k in swept_keys if k != "seed" and k in frame]
+    ok = frame[frame["status"] == "ok"]
+    if ok.empty:
+        return None
+    grouped = ok.groupby(others, dropna=False) if others else ok.assign(all="all").groupby("all")
+    stats = grouped[metric].agg(["mean", "std", "count"]).reset_index()
+    return stats.rename(columns={"mean": f"{metric} mean", "std": f"{metric} std", "count": "seeds"})
+
+
+class SweepSummary(Callback):
+    """Hydra callback: on_multirun_end writes summary.csv (and seed_stats.csv) and prints them."""
+
+    def __init__(self, low_is_best: bool = False, fail_on_error: bool = True):
+        self.low_is_best = low_is_best
+        self.fail_on_error = fail_on_error
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        sweep_dir = Path(config.hydra.sweep.dir)
+        if not sweep_dir.is_dir():
+            return
+        swept = swept_keys_of(list(config.hydra.overrides.task))
+        if config.hydra.sweeper.get("params"):  # optuna & co. declare their search space here
+            swept += [k for k in config.hydra.sweeper.params if k not in swept]
+        frame = collect(sweep_dir, swept)
+        if frame.empty:
+            return
+        if "best_metric" in frame:
+            frame = frame.sort_values("best_metric", ascending=self.low_is_best, na_position="last")
+        columns = ["job", *[k for k in swept if k in frame], "status", "error", "best_metric", "best_epoch",
+                   "final_metric", "epochs_done", "wall_time_s", "checkpoint"]
+        frame = frame[[c for c in columns if c in frame] + [c for c in frame.columns if c not in columns]]
+        frame.to_csv(sweep_dir / "summary.csv", index=False)
+        shown = [c for c in columns if c in frame and c != "checkpoint"]
+        print(f"\nSweep summary ({len(frame)} jobs) -> {sweep_dir / 'summary.csv'}")
+        print(frame[shown].to_string(index=False, na_rep="-", float_format=lambda v: f"{v:.4g}"))
+        stats = seed_statistics(frame, swept)
+        if stats is not None:
+            stats.to_csv(sweep_dir / "seed_stats.csv", index=False)
+            print("\nOver seeds:")
+            print(stats.to_string(index=False, na_rep="-", float_format=lambda v: f"{v:.4g}"))
+        failed = int((frame["status"] != "ok").sum())
+        if failed:
+            print(f"\n{failed} of {len(frame)} jobs failed (see the error column).")
+            if self.fail_on_error:
+                raise SystemExit(1)

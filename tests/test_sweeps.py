@@ -1,0 +1,66 @@
+"""Layer 3: real multiruns in subprocesses: summary table, failing jobs, launchers, Optuna."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+
+FAST = ["experiment=demo", "trainer=smoke", "model.base_features=4", "model.depth=2", "batch_size=2",
+        "data.dataloader_kwargs.num_workers=0"]
+
+
+def summary(tmp_path):
+    return pd.read_csv(tmp_path / "sweep" / "summary.csv")
+
+
+def test_seed_lr_sweep_writes_summary_and_keeps_going_after_a_failure(run_cli, tmp_path):
+    proc = run_cli("-m", *FAST, "seed=1,2", "lr=1e-3,abc", "hydra.sweep.dir=sweep")
+    assert proc.returncode == 1  # a job failed: the sweep says so, after running every job
+    table = summary(tmp_path)
+    assert len(table) == 4 and set(table.columns) >= {"job", "seed", "lr", "status", "error", "best_metric",
+                                                      "final_metric", "epochs_done", "wall_time_s", "checkpoint"}
+    failed = table[table.status == "failed"]
+    assert len(failed) == 2 and failed.error.str.contains("lr='abc'").all()
+    ok = table[table.status == "ok"]
+    assert sorted(ok.seed) == [1, 2] and (ok.epochs_done == 1).all()
+    assert all((tmp_path / "sweep" / str(job) / "checkpoints" / "2d_unet_1.pth").is_file() for job in ok.job)
+    stats = pd.read_csv(tmp_path / "sweep" / "seed_stats.csv")
+    assert stats.seeds.tolist() == [2]
+    assert "Sweep summary (4 jobs)" in proc.stdout and "Over seeds" in proc.stdout
+
+
+def test_summary_is_sorted_by_best_metric(run_cli, tmp_path):
+    run_cli("-m", *FAST, "seed=1,2,3", "hydra.sweep.dir=sweep", check=True)
+    metrics = summary(tmp_path).best_metric.tolist()
+    assert metrics == sorted(metrics, reverse=True)
+
+
+@pytest.mark.slow
+def test_joblib_launcher_runs_jobs_in_parallel_processes(run_cli, tmp_path):
+    run_cli("-m", "hydra/launcher=parallel", *FAST, "trainer.num_threads=1", "seed=1,2", "hydra.sweep.dir=sweep", check=True)
+    table = summary(tmp_path)
+    assert (table.status == "ok").all() and len(table) == 2
+
+
+@pytest.mark.slow
+def test_submitit_local_runs_a_two_job_sweep(run_cli, tmp_path):
+    run_cli("-m", "hydra/launcher=submitit_local", "hydra.launcher.timeout_min=10", *FAST, "seed=1,2",
+            "hydra.sweep.dir=sweep", check=True)
+    table = summary(tmp_path)
+    assert (table.status == "ok").all() and len(table) == 2
+
+
+def test_slurm_launcher_config_composes(run_cli):
+    proc = run_cli("hydra/launcher=slurm", "hydra.launcher.partition=short", "--cfg", "hydra", check=True)
+    assert "SlurmLauncher" in proc.stdout and "partition: short" in proc.stdout and "gpus_per_node: 1" in proc.stdout
+
+
+@pytest.mark.slow
+def test_optuna_searches_lr_and_batch_size(run_cli, tmp_path):
+    run_cli("hparams_search=optuna", *FAST, "hydra.sweeper.n_trials=3", "hydra.sweep.dir=sweep", check=True)
+    table = summary(tmp_path)
+    assert len(table) == 3 and (table.status == "ok").all()
+    assert {"lr", "batch_size"} <= set(table.columns)
+    assert table.lr.between(1e-5, 1e-2).all() and table.batch_size.isin([2, 4, 8, 16]).all()
+    best = (tmp_path / "sweep" / "optimization_results.yaml").read_text()
+    assert "best_params" in best and "best_value" in best
