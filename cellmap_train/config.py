@@ -4,6 +4,8 @@ shorthands that turn a mistyped override into one clear line before anything run
 from __future__ import annotations
 
 import numbers
+import os
+from datetime import datetime
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
@@ -11,6 +13,7 @@ from omegaconf import DictConfig, OmegaConf
 from cellmap_train.errors import ConfigError
 
 CONFIG_NAME = "config"
+RUN_STAMP_ENV = "CELLMAP_TRAIN_RUN_STAMP"  # set by the entry point so all DDP ranks share one run folder
 
 
 def config_dir() -> str:
@@ -19,9 +22,16 @@ def config_dir() -> str:
     return str(checkout) if (checkout / f"{CONFIG_NAME}.yaml").is_file() else "pkg://cellmap_train.conf"
 
 
+def run_stamp(fmt: str) -> str:
+    shared = os.environ.get(RUN_STAMP_ENV)
+    return (datetime.fromisoformat(shared) if shared else datetime.now()).strftime(fmt)
+
+
 def register_resolvers() -> None:
     if not OmegaConf.has_resolver("len"):
         OmegaConf.register_new_resolver("len", lambda items: len(items))
+    if not OmegaConf.has_resolver("run_stamp"):  # like ${now:fmt}, but one time for every DDP rank
+        OmegaConf.register_new_resolver("run_stamp", run_stamp, use_cache=True)
     if not OmegaConf.has_resolver("if"):  # ${if:${use_s3},a,b}: pick by a boolean shorthand
         OmegaConf.register_new_resolver("if", lambda condition, then, otherwise: then if condition else otherwise)
 

@@ -6,6 +6,7 @@ import math
 import os
 import sys
 import time
+from datetime import datetime
 from pathlib import Path
 
 import hydra
@@ -15,9 +16,10 @@ from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from cellmap_train.config import CONFIG_NAME, check_shorthands, config_dir
-from cellmap_train.engine import FitResult, fit, seed_everything
+from cellmap_train.config import CONFIG_NAME, RUN_STAMP_ENV, check_shorthands, config_dir
+from cellmap_train.engine import FitResult, distributed, fit, seed_everything
 from cellmap_train.errors import UserError
+from cellmap_train.hydra_errors import one_line_hydra_errors
 from cellmap_train.sweep import write_result
 from cellmap_train.models.build import build_model
 
@@ -35,8 +37,12 @@ def train(cfg: DictConfig) -> FitResult:
     optimizer = instantiate(cfg.optimizer)(model.parameters())
     scheduler = instantiate(cfg.scheduler)(optimizer)
     criterion = instantiate(cfg.loss)
-    data = instantiate(cfg.data, datasplit_path=run_path(cfg, cfg.datasplit_path),
-                       train_transforms=instantiate(cfg.transforms.train), val_transforms=instantiate(cfg.transforms.val))
+    ranks = distributed.init()  # a no-op outside torchrun
+    with distributed.main_first(ranks):  # rank 0 makes the demo data and the datasplit; the others read them
+        data = instantiate(cfg.data, datasplit_path=run_path(cfg, cfg.datasplit_path),
+                           train_transforms=instantiate(cfg.transforms.train), val_transforms=instantiate(cfg.transforms.val))
+    if not ranks.is_main:  # only rank 0 writes logs
+        return fit(settings, model, optimizer, scheduler, criterion, data, None)
     logger = instantiate(cfg.logger, log_dir=run_path(cfg, cfg.logs_save_path))
     try:
         result = fit(settings, model, optimizer, scheduler, criterion, data, logger,
@@ -84,7 +90,7 @@ def record(result: FitResult | None, cfg: DictConfig, seconds: float, error: str
 
 
 @hydra.main(version_base="1.3", config_path=config_dir(), config_name=CONFIG_NAME)
-def main(cfg: DictConfig) -> float:
+def run(cfg: DictConfig) -> float:
     """One run. In a --multirun a failing job is recorded and the sweep goes on; otherwise a
     user error exits 1 with one line (a traceback only with HYDRA_FULL_ERROR=1)."""
     start = time.perf_counter()
@@ -97,10 +103,19 @@ def main(cfg: DictConfig) -> float:
             raise
         message = one_line(err) if expected else f"{type(err).__name__}: {err}".splitlines()[0]
         print(f"cellmap_train: error: {message}", file=sys.stderr)
-        write_result(cfg.paths.output_dir, record(None, cfg, time.perf_counter() - start, error=message))
+        if distributed.init().is_main:
+            write_result(cfg.paths.output_dir, record(None, cfg, time.perf_counter() - start, error=message))
         if multirun:
             return math.nan
         sys.exit(1)
-    write_result(cfg.paths.output_dir, record(result, cfg, time.perf_counter() - start))
-    report(result, cfg)
+    if distributed.init().is_main:
+        write_result(cfg.paths.output_dir, record(result, cfg, time.perf_counter() - start))
+        report(result, cfg)
     return result.best_metric
+
+
+def main() -> None:
+    """The console entry (`python -m cellmap_train`, `cellmap-train`). Under torchrun the ranks
+    first agree on one timestamp, so they all use the same run folder."""
+    distributed.share_env(RUN_STAMP_ENV, lambda: datetime.now().isoformat())
+    run()

@@ -101,10 +101,11 @@ class CellMapData:
             kwargs.pop("prefetch_factor", None)
         return kwargs
 
-    def train_loader(self, start_sample: int = 0) -> DataLoader:
-        """An endless loader whose first sample is number `start_sample` (resume continues the stream)."""
-        return CellMapLoader(self.train_set, batch_size=self.batch_size, sampler=CountingSampler(start_sample),
-                          **self._loader_kwargs())
+    def train_loader(self, start_sample: int = 0, rank: int = 0, world_size: int = 1) -> DataLoader:
+        """An endless loader starting at this rank's sample number `start_sample` (resume
+        continues the stream; each DDP rank gets its own disjoint stream)."""
+        sampler = CountingSampler(start_sample, self.batch_size, rank, world_size)
+        return CellMapLoader(self.train_set, batch_size=self.batch_size, sampler=sampler, **self._loader_kwargs())
 
     def val_loader(self) -> DataLoader:
         return CellMapLoader(self.val_set, batch_size=self.batch_size, shuffle=False, **self._loader_kwargs())

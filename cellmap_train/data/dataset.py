@@ -206,13 +206,17 @@ class ValidationTileDataset(Dataset):
 
 
 class CountingSampler(Sampler[int]):
-    """Sample indices start, start+1, ... forever: the loop decides when an epoch ends."""
+    """Training sample indices forever, from the stream's `start`-th sample of this rank on:
+    the loop decides when an epoch ends. With several ranks, micro-batch b of rank r holds the
+    samples (b * world_size + r) * batch_size + j, so ranks never draw the same sample and a
+    single process (world_size 1) sees start, start+1, ..."""
 
-    def __init__(self, start: int = 0):
-        self.start = int(start)
+    def __init__(self, start: int = 0, batch_size: int = 1, rank: int = 0, world_size: int = 1):
+        self.start, self.batch_size, self.rank, self.world_size = int(start), int(batch_size), int(rank), int(world_size)
 
     def __iter__(self) -> Iterator[int]:
-        index = self.start
+        position = self.start
         while True:
-            yield index
-            index += 1
+            batch, j = divmod(position, self.batch_size)
+            yield (batch * self.world_size + self.rank) * self.batch_size + j
+            position += 1

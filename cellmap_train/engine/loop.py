@@ -15,12 +15,14 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
+from cellmap_train.engine import distributed
 from cellmap_train.engine.checkpoint import (
     best_epoch_from_logs, epoch_files, format_path, is_full, latest_checkpoint, load_training_state, load_weights,
     prune_checkpoints, read_checkpoint, rng_state, save_checkpoint,
@@ -54,17 +56,29 @@ class FitResult:
 
 def fit(settings: TrainSettings, model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler, criterion,
         data, logger=None, config: dict | None = None) -> FitResult:
+    """Train; under torchrun every rank calls this, and only rank 0 prints, logs and saves."""
+    info = distributed.init()
+    if info.is_main:
+        return _fit(settings, model, optimizer, scheduler, criterion, data, logger, config, info)
+    with open(os.devnull, "w") as quiet, contextlib.redirect_stdout(quiet):
+        return _fit(settings, model, optimizer, scheduler, criterion, data, None, config, info)
+
+
+def _fit(settings: TrainSettings, model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler, criterion,
+         data, logger, config: dict | None, info: distributed.DistInfo) -> FitResult:
     check_best_metric(settings, data.classes)
-    device = pick_device(settings.device)
+    device = distributed.device_for(info, pick_device(settings.device))
     seed_everything(settings.seed, settings.deterministic)
+    if settings.num_threads:
+        torch.set_num_threads(settings.num_threads)
     model.to(device)
     criterion = criterion.to(device) if isinstance(criterion, torch.nn.Module) else criterion
     amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, None: None}[settings.amp]
     autocast = torch.autocast(device.type, dtype=amp_dtype) if amp_dtype else contextlib.nullcontext()
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype is torch.float16)
     schedule_per_step = steps_scheduler_per_step(settings, scheduler)
-    train_model = torch.compile(model) if settings.compile else model
-    # (distributed training wraps train_model here; only rank 0 logs, prints and saves)
+    train_model = distributed.wrap(model, info, device)  # DistributedDataParallel under torchrun
+    train_model = torch.compile(train_model) if settings.compile else train_model
     accumulate = settings.gradient_accumulation_steps
     save_template = Path(settings.run_dir) / settings.model_save_path
     result = FitResult(best_metric=math.inf if settings.low_is_best else -math.inf)
@@ -97,7 +111,8 @@ def fit(settings: TrainSettings, model: torch.nn.Module, optimizer: torch.optim.
     if start_epoch >= settings.epochs:
         print(f"Nothing to train: the checkpoint is at epoch {start_epoch} and epochs={settings.epochs}.")
 
-    batches = iter(data.train_loader(start_sample=step * accumulate * data.batch_size))
+    batches = iter(data.train_loader(start_sample=step * accumulate * data.batch_size, rank=info.rank,
+                                     world_size=info.world_size))
     val_loader = data.val_loader()
     if resumed is not None:  # after the loader took its seed, so the RNG continues where it stopped
         load_training_state(resumed[0], resumed[1], optimizer, scheduler, scaler)
@@ -105,7 +120,7 @@ def fit(settings: TrainSettings, model: torch.nn.Module, optimizer: torch.optim.
         later = [e for e in epoch_files(save_template, settings.model_name) if e > start_epoch]
         if later:  # load_model=best: say that the epochs after the best one are trained again
             print(f"Checkpoints of epochs {later[0]}..{later[-1]} will be replaced as those epochs are trained again.")
-    progress = Progress(settings.epochs * settings.iterations_per_epoch, step, settings.progress_bar,
+    progress = Progress(settings.epochs * settings.iterations_per_epoch, step, settings.progress_bar and info.is_main,
                         settings.log_every_n_steps)
     smooth_loss, smooth_weight = 0.0, 0.0
     model.train()
@@ -114,13 +129,15 @@ def fit(settings: TrainSettings, model: torch.nn.Module, optimizer: torch.optim.
         epoch_start, loss_sum = time.perf_counter(), 0.0
         for _ in range(settings.iterations_per_epoch):
             step_loss = 0.0
-            for _ in range(accumulate):
+            for micro in range(accumulate):
                 raw, target = next(batches)
                 raw, target = raw.to(device, non_blocking=True), target.to(device, non_blocking=True)
-                with autocast:
-                    loss = criterion(train_model(raw).float(), target) / accumulate
-                scaler.scale(loss).backward()
+                with distributed.no_sync(train_model, last_micro_batch=micro == accumulate - 1):
+                    with autocast:
+                        loss = criterion(train_model(raw).float(), target) / accumulate
+                    scaler.scale(loss).backward()
                 step_loss += loss.item()
+            step_loss = distributed.mean_across_ranks(step_loss, info, device)
             if not math.isfinite(step_loss):
                 progress.close()
                 raise NonFiniteLossError(f"loss is {step_loss} at epoch {epoch}, step {step + 1}; "
@@ -144,6 +161,7 @@ def fit(settings: TrainSettings, model: torch.nn.Module, optimizer: torch.optim.
         train_seconds = time.perf_counter() - epoch_start
 
         # ---- validate, schedule, judge, log, checkpoint
+        distributed.sync_buffers(model, info)  # every rank validates the same model
         val = validate(model, val_loader, criterion, data.classes, device, autocast if amp_dtype else None,
                        settings.validation_time_limit, settings.validation_batch_limit)
         metrics = {"loss/train_epoch": loss_sum / settings.iterations_per_epoch, **val.metrics,
@@ -164,15 +182,17 @@ def fit(settings: TrainSettings, model: torch.nn.Module, optimizer: torch.optim.
             if val.samples is not None:
                 logger.images(*val.samples, data.classes, epoch)
             logger.flush()
-        checkpoint = save_checkpoint({
-            "model": model.state_dict(), "optimizer": optimizer.state_dict(), "optimizer_type": type(optimizer).__name__,
-            "scheduler": scheduler.state_dict() if scheduler is not None else None,
-            "scheduler_type": type(scheduler).__name__ if scheduler is not None else None, "scaler": scaler.state_dict(),
-            "epoch": epoch, "step": step, "best_metric": result.best_metric, "best_epoch": result.best_epoch,
-            "tracked_metric": tracked, "metrics": {k: float(v) for k, v in metrics.items()}, "rng": rng_state(),
-            "config": config or {},
-        }, format_path(save_template, settings.model_name, epoch))
-        prune_checkpoints(save_template, settings.model_name, settings.keep_last, keep=[result.best_epoch])
+        checkpoint = format_path(save_template, settings.model_name, epoch)
+        if info.is_main:
+            save_checkpoint({
+                "model": model.state_dict(), "optimizer": optimizer.state_dict(), "optimizer_type": type(optimizer).__name__,
+                "scheduler": scheduler.state_dict() if scheduler is not None else None,
+                "scheduler_type": type(scheduler).__name__ if scheduler is not None else None, "scaler": scaler.state_dict(),
+                "epoch": epoch, "step": step, "best_metric": result.best_metric, "best_epoch": result.best_epoch,
+                "tracked_metric": tracked, "metrics": {k: float(v) for k, v in metrics.items()}, "rng": rng_state(),
+                "config": config or {},
+            }, checkpoint)
+            prune_checkpoints(save_template, settings.model_name, settings.keep_last, keep=[result.best_epoch])
         result.final_metrics, result.epochs_done, result.steps, result.checkpoint = metrics, epoch, step, str(checkpoint)
         result.first_metrics = result.first_metrics or metrics
         progress.line(epoch_line(epoch, settings.epochs, metrics, data.classes, val.coverage, train_seconds))
@@ -183,6 +203,9 @@ def fit(settings: TrainSettings, model: torch.nn.Module, optimizer: torch.optim.
             result.stopped_early = True
             break
     progress.close()
+    identical = distributed.check_identical_weights(model, info)
+    if identical:
+        print(identical)
     return result
 
 

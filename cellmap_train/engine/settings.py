@@ -38,6 +38,7 @@ class TrainSettings:
     early_stopping_patience: int | None = None  # epochs without a new best before stopping
     progress_bar: bool = True
     log_every_n_steps: int = 50  # a plain progress line every N steps when stderr is not a terminal
+    num_threads: int | None = None  # torch CPU threads of this process (cap it when jobs run side by side)
     run_dir: str = "."  # relative paths (model_save_path, logs_save_path) are taken from here
 
     def __post_init__(self):
@@ -55,6 +56,7 @@ class TrainSettings:
             (self.best_metric_ema is None or 0 <= self.best_metric_ema < 1, f"trainer.best_metric_ema must be null or in [0, 1), got {self.best_metric_ema}"),
             (_none_or_at_least(self.keep_last, 1), f"trainer.keep_last must be null or >= 1, got {self.keep_last}"),
             (_none_or_at_least(self.early_stopping_patience, 1), f"trainer.early_stopping_patience must be null or >= 1, got {self.early_stopping_patience}"),
+            (self.num_threads is None or self.num_threads >= 1, f"trainer.num_threads must be null or >= 1, got {self.num_threads}"),
             (self.log_every_n_steps >= 1, f"trainer.log_every_n_steps must be >= 1, got {self.log_every_n_steps}"),
         ]
         for ok, message in checks:
