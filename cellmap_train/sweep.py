@@ -112,7 +112,7 @@ class SweepSummary(Callback):
         frame.to_csv(sweep_dir / "summary.csv", index=False)
         shown = [c for c in columns if c in frame and c != "checkpoint"]
         print(f"\nSweep summary ({len(frame)} jobs) -> {sweep_dir / 'summary.csv'}")
-        print(frame[shown].to_string(index=False, na_rep="-", float_format=lambda v: f"{v:.4g}"))
+        print(frame[shown].fillna("-").to_string(index=False, float_format=lambda v: f"{v:.4g}"))
         stats = seed_statistics(frame, swept)
         if stats is not None:
             stats.to_csv(sweep_dir / "seed_stats.csv", index=False)

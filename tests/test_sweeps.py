@@ -37,7 +37,9 @@ def test_summary_is_sorted_by_best_metric(run_cli, tmp_path):
 
 @pytest.mark.slow
 def test_joblib_launcher_runs_jobs_in_parallel_processes(run_cli, tmp_path):
-    run_cli("-m", "hydra/launcher=parallel", *FAST, "trainer.num_threads=1", "seed=1,2", "hydra.sweep.dir=sweep", check=True)
+    # with DataLoader workers: inside a loky job they need a standard multiprocessing context
+    with_workers = [o for o in FAST if "num_workers" not in o]
+    run_cli("-m", "hydra/launcher=parallel", *with_workers, "trainer.num_threads=1", "seed=1,2", "hydra.sweep.dir=sweep", check=True)
     table = summary(tmp_path)
     assert (table.status == "ok").all() and len(table) == 2
 

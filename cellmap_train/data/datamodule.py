@@ -6,6 +6,7 @@ check it (so bad data fails before training starts) and hands out DataLoaders.
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 from pathlib import Path
 from typing import Mapping, Sequence
@@ -50,6 +51,9 @@ class CellMapLoader(DataLoader):
 
     def __iter__(self):
         return _UserErrorsFromWorkers(super().__iter__())
+
+
+STANDARD_START_METHODS = (None, "fork", "spawn", "forkserver")
 
 
 class CellMapData:
@@ -99,6 +103,9 @@ class CellMapData:
         if not kwargs.get("num_workers"):  # these options are errors without workers
             kwargs.pop("persistent_workers", None)
             kwargs.pop("prefetch_factor", None)
+        elif "multiprocessing_context" not in kwargs and multiprocessing.get_start_method(allow_none=True) not in STANDARD_START_METHODS:
+            # inside a joblib/loky job the default context is loky's, which DataLoader workers cannot use
+            kwargs["multiprocessing_context"] = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
         return kwargs
 
     def train_loader(self, start_sample: int = 0, rank: int = 0, world_size: int = 1) -> DataLoader:

@@ -1,0 +1,56 @@
+"""Sweep benchmark: wall time of the same 4-job demo sweep (seed=1,2 x lr=1e-3,3e-3) with
+Hydra's basic launcher (jobs one after another in one process) and with the joblib launcher
+(2 jobs side by side, each capped at 1 torch thread), measured in one run.
+
+Target: joblib / basic <= 0.6 on 2 cores.
+
+    python benchmarks/sweep.py [--epochs 2] [--iterations 20] [--workers 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pandas as pd
+
+
+def run_sweep(workdir: Path, launcher: list[str], args) -> tuple[float, pd.DataFrame]:
+    command = [sys.executable, "-m", "cellmap_train", "-m", *launcher, "experiment=demo",
+               f"epochs={args.epochs}", f"iterations_per_epoch={args.iterations}", "trainer.progress_bar=false",
+               "seed=1,2", "lr=1e-3,3e-3", "hydra.sweep.dir=sweep"]
+    workdir.mkdir(parents=True)
+    start = time.perf_counter()
+    proc = subprocess.run(command, cwd=workdir, capture_output=True, text=True)
+    if proc.returncode != 0:
+        sys.exit(f"sweep failed ({' '.join(launcher) or 'basic'}):\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}")
+    return time.perf_counter() - start, pd.read_csv(workdir / "sweep" / "summary.csv")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--iterations", type=int, default=20)
+    parser.add_argument("--workers", type=int, default=2)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        os.environ.setdefault("CELLMAP_TRAIN_DEMO_DIR", str(Path(tmp) / "demo"))
+        from cellmap_train.data.demo import ensure_demo_data
+
+        ensure_demo_data(os.environ["CELLMAP_TRAIN_DEMO_DIR"])  # made once, outside the timings
+        basic, basic_table = run_sweep(Path(tmp) / "basic", [], args)
+        parallel, parallel_table = run_sweep(Path(tmp) / "joblib", ["hydra/launcher=parallel", f"hydra.launcher.n_jobs={args.workers}",
+                                                                      "trainer.num_threads=1"], args)
+    print(f"4-job demo sweep ({args.epochs} epochs x {args.iterations} iterations per job, {os.cpu_count()} CPUs)")
+    print(f"  basic launcher (sequential):     {basic:7.1f} s   jobs ok: {(basic_table.status == 'ok').sum()}/4")
+    print(f"  joblib launcher ({args.workers} workers):      {parallel:7.1f} s   jobs ok: {(parallel_table.status == 'ok').sum()}/4")
+    print(f"  ratio joblib / basic:            {parallel / basic:7.2f}   (target <= 0.60)")
+
+
+if __name__ == "__main__":
+    main()
