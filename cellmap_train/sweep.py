@@ -12,12 +12,14 @@ import json
 import math
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import pandas as pd
 import yaml
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
+
+if TYPE_CHECKING:  # pandas is imported only when a sweep summary is made: every run's start-up is spared it
+    import pandas as pd
 
 RESULT_FILE = "result.json"
 
@@ -55,7 +57,9 @@ def swept_keys_of(task_overrides: list[str]) -> list[str]:
     return keys
 
 
-def collect(sweep_dir: Path, swept_keys: list[str]) -> pd.DataFrame:
+def collect(sweep_dir: Path, swept_keys: list[str]) -> "pd.DataFrame":
+    import pandas as pd
+
     rows = []
     for job_dir in sorted((p for p in sweep_dir.iterdir() if p.is_dir() and (p / ".hydra").is_dir()),
                           key=lambda p: (not p.name.isdigit(), int(p.name) if p.name.isdigit() else p.name)):
@@ -69,12 +73,14 @@ def collect(sweep_dir: Path, swept_keys: list[str]) -> pd.DataFrame:
     return frame
 
 
-def _numeric_or_text(column: pd.Series) -> pd.Series:
+def _numeric_or_text(column: "pd.Series") -> "pd.Series":
+    import pandas as pd
+
     converted = pd.to_numeric(column, errors="coerce")
     return converted if converted.notna().all() else column
 
 
-def seed_statistics(frame: pd.DataFrame, swept_keys: list[str], metric: str = "best_metric") -> pd.DataFrame | None:
+def seed_statistics(frame: "pd.DataFrame", swept_keys: list[str], metric: str = "best_metric") -> "pd.DataFrame | None":
     """Mean ± std of the metric over seeds, for every combination of the other swept values."""
     if "seed" not in swept_keys or metric not in frame:
         return None

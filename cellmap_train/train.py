@@ -15,11 +15,13 @@ from hydra.errors import InstantiationException
 from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 from cellmap_train.config import CONFIG_NAME, RUN_STAMP_ENV, check_shorthands, config_dir
 from cellmap_train.engine import FitResult, distributed, fit, seed_everything
 from cellmap_train.errors import UserError
 from cellmap_train.hydra_errors import one_line_hydra_errors
+from cellmap_train.preflight import check_model_shape, check_run_folder
 from cellmap_train.sweep import write_result
 from cellmap_train.models.build import build_model
 
@@ -31,6 +33,8 @@ def run_path(cfg: DictConfig, path: str) -> str:
 
 def train(cfg: DictConfig) -> FitResult:
     check_shorthands(cfg)
+    check_model_shape(cfg)
+    check_run_folder(cfg)
     seed_everything(cfg.seed)  # before the model, so its initial weights follow the seed
     settings = instantiate(cfg.trainer, run_dir=cfg.paths.output_dir)
     model = build_model(cfg.model, cfg.get("model_kwargs"))
@@ -98,7 +102,7 @@ def run(cfg: DictConfig) -> float:
     try:
         result = train(cfg)
     except Exception as err:
-        expected = isinstance(err, (UserError, InstantiationException))
+        expected = isinstance(err, (UserError, InstantiationException, OmegaConfBaseException))
         if os.environ.get("HYDRA_FULL_ERROR") == "1" or not (expected or multirun):
             raise
         message = one_line(err) if expected else f"{type(err).__name__}: {err}".splitlines()[0]
@@ -118,4 +122,5 @@ def main() -> None:
     """The console entry (`python -m cellmap_train`, `cellmap-train`). Under torchrun the ranks
     first agree on one timestamp, so they all use the same run folder."""
     distributed.share_env(RUN_STAMP_ENV, lambda: datetime.now().isoformat())
-    run()
+    with one_line_hydra_errors():  # Hydra's own errors (unknown key, missing option) in one line too
+        run()

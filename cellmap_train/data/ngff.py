@@ -72,6 +72,13 @@ class LabelEncoding:
         return out
 
 
+def _unreachable(err: BaseException) -> bool:
+    """A connection refused / timed out (botocore's or the OS's), after the client's own retries."""
+    names = {cls.__name__ for cls in type(err).__mro__}
+    return isinstance(err, (ConnectionError, TimeoutError)) or bool(
+        names & {"EndpointConnectionError", "ConnectTimeoutError", "ReadTimeoutError", "ConnectionClosedError"})
+
+
 @dataclass
 class ScaleLevel:
     """One array of a multiscale pyramid with its voxel size and origin in world units (nm)."""
@@ -114,6 +121,9 @@ class ScaleLevel:
         try:
             out[dst] = self.array[src]
         except Exception as err:
+            if _unreachable(err):  # the store, not the chunk, is at fault: no chunk-by-chunk probing
+                raise DataError(f"{self.path}: storage unreachable after its retries ({type(err).__name__}: "
+                                f"{str(err).strip()[:200]}); the budget is storage_options.config_kwargs.retries") from err
             raise DataError(self._describe_read_error(src, err)) from err
         return out
 
@@ -175,6 +185,9 @@ def open_level(path: str, scale: Sequence[float], storage_options: dict | None =
     for name, level_scale, translation in levels:
         if len(level_scale) == len(wanted) and np.allclose(level_scale, wanted):
             array = _open_level_array(group, path, name)
+            if len(array.shape) != len(level_scale):
+                raise DataError(f"{path}/{name}: array of shape {list(array.shape)} has {len(array.shape)} axes but its "
+                                f"multiscales metadata has {len(level_scale)} (z, y, x)")
             # the s0 array carries the annotation attributes in the challenge data; the group may too
             first = _open_level_array(group, path, levels[0][0]) if name != levels[0][0] else array
             encoding = LabelEncoding.from_attrs(dict(array.attrs), dict(first.attrs), dict(group.attrs))

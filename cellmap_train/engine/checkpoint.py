@@ -17,6 +17,7 @@ from typing import Iterable
 import numpy as np
 import torch
 
+from cellmap_train.engine.pause_hook import pause_point
 from cellmap_train.errors import CheckpointError
 
 FULL_KEYS = {"model", "optimizer", "epoch", "step"}
@@ -91,10 +92,13 @@ def save_checkpoint(state: dict, path: str | os.PathLike) -> Path:
         with open(tmp, "wb") as handle:
             torch.save(state, handle)
             handle.flush()
+            pause_point("checkpoint_write")
             os.fsync(handle.fileno())
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+    for stale in path.parent.glob(f".{glob.escape(path.name)}.tmp-*"):  # left by a killed earlier run
+        stale.unlink(missing_ok=True)
     return path
 
 

@@ -27,6 +27,8 @@ from cellmap_train.engine.checkpoint import (
     best_epoch_from_logs, epoch_files, format_path, is_full, latest_checkpoint, load_training_state, load_weights,
     prune_checkpoints, read_checkpoint, rng_state, save_checkpoint,
 )
+from cellmap_train.engine.interrupt import StopRequest, TrainingInterrupted
+from cellmap_train.engine.pause_hook import pause_point
 from cellmap_train.engine.progress import Progress
 from cellmap_train.engine.settings import TrainSettings, pick_device, seed_everything
 from cellmap_train.engine.validate import validate
@@ -58,14 +60,15 @@ def fit(settings: TrainSettings, model: torch.nn.Module, optimizer: torch.optim.
         data, logger=None, config: dict | None = None) -> FitResult:
     """Train; under torchrun every rank calls this, and only rank 0 prints, logs and saves."""
     info = distributed.init()
-    if info.is_main:
-        return _fit(settings, model, optimizer, scheduler, criterion, data, logger, config, info)
-    with open(os.devnull, "w") as quiet, contextlib.redirect_stdout(quiet):
-        return _fit(settings, model, optimizer, scheduler, criterion, data, None, config, info)
+    with StopRequest() as stop:  # SIGTERM / Ctrl-C: finish the step, checkpoint it, stop
+        if info.is_main:
+            return _fit(settings, model, optimizer, scheduler, criterion, data, logger, config, info, stop)
+        with open(os.devnull, "w") as quiet, contextlib.redirect_stdout(quiet):
+            return _fit(settings, model, optimizer, scheduler, criterion, data, None, config, info, stop)
 
 
 def _fit(settings: TrainSettings, model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler, criterion,
-         data, logger, config: dict | None, info: distributed.DistInfo) -> FitResult:
+         data, logger, config: dict | None, info: distributed.DistInfo, stop: StopRequest) -> FitResult:
     check_best_metric(settings, data.classes)
     device = distributed.device_for(info, pick_device(settings.device))
     seed_everything(settings.seed, settings.deterministic)
@@ -86,6 +89,7 @@ def _fit(settings: TrainSettings, model: torch.nn.Module, optimizer: torch.optim
 
     # ---- resume (full checkpoint), initialise (weights only), or start fresh
     start_epoch, step, resumed = 0, 0, None
+    partial_steps, partial_loss = 0, 0.0  # of an epoch a signal interrupted
     if settings.load_model:
         found = find_checkpoint(settings)
         if found is None:
@@ -101,6 +105,7 @@ def _fit(settings: TrainSettings, model: torch.nn.Module, optimizer: torch.optim
                 result.best_metric = float(state.get("best_metric", result.best_metric))
                 result.best_epoch = state.get("best_epoch")
                 tracked = float(state.get("tracked_metric", math.nan))
+                partial_steps, partial_loss = int(state.get("epoch_steps", 0)), float(state.get("epoch_loss_sum", 0.0))
             elif settings.model_to_load == settings.model_name:
                 # the challenge's weights-only files: keep its epoch numbering, so nothing is overwritten
                 start_epoch, step = name_epoch, name_epoch * settings.iterations_per_epoch
@@ -126,8 +131,8 @@ def _fit(settings: TrainSettings, model: torch.nn.Module, optimizer: torch.optim
     model.train()
     for epoch in range(start_epoch + 1, settings.epochs + 1):
         progress.set_epoch(epoch, settings.epochs)
-        epoch_start, loss_sum = time.perf_counter(), 0.0
-        for _ in range(settings.iterations_per_epoch):
+        epoch_start, loss_sum = time.perf_counter(), partial_loss
+        for epoch_steps in range(partial_steps + 1, settings.iterations_per_epoch + 1):
             step_loss = 0.0
             for micro in range(accumulate):
                 raw, target = next(batches)
@@ -138,10 +143,16 @@ def _fit(settings: TrainSettings, model: torch.nn.Module, optimizer: torch.optim
                     scaler.scale(loss).backward()
                 step_loss += loss.item()
             step_loss = distributed.mean_across_ranks(step_loss, info, device)
+            pause_point("step")
             if not math.isfinite(step_loss):
-                progress.close()
-                raise NonFiniteLossError(f"loss is {step_loss} at epoch {epoch}, step {step + 1}; "
-                                         f"checkpoints of earlier epochs are kept")
+                if not settings.skip_nonfinite_steps:
+                    progress.close()
+                    raise NonFiniteLossError(f"loss is {step_loss} at epoch {epoch}, step {step + 1}; checkpoints of "
+                                             f"earlier epochs are kept (trainer.skip_nonfinite_steps=true skips such steps)")
+                optimizer.zero_grad(set_to_none=True)  # the batch still counts, so the sample stream stays aligned
+                step += 1
+                progress.line(f"loss is {step_loss} at epoch {epoch}, step {step}: step skipped")
+                continue
             if settings.max_grad_norm:
                 scaler.unscale_(optimizer)  # clip the true gradients, not the fp16-scaled ones
                 torch.nn.utils.clip_grad_norm_(model.parameters(), settings.max_grad_norm)
@@ -158,6 +169,12 @@ def _fit(settings: TrainSettings, model: torch.nn.Module, optimizer: torch.optim
             if logger is not None:
                 logger.scalars({"loss/train": step_loss, "loss/train_smooth": smooth_loss / smooth_weight, "lr": lr}, step)
             progress.update(step_loss, smooth_loss / smooth_weight)
+            if stop.requested:
+                progress.close()
+                state = training_state(model, optimizer, scheduler, scaler, result, tracked, config)
+                raise interrupted(stop, info, format_path(save_template, settings.model_name, epoch),
+                                  {**state, "epoch": epoch - 1, "step": step, "epoch_steps": epoch_steps, "epoch_loss_sum": loss_sum})
+        partial_steps, partial_loss = 0, 0.0
         train_seconds = time.perf_counter() - epoch_start
 
         # ---- validate, schedule, judge, log, checkpoint
@@ -184,14 +201,9 @@ def _fit(settings: TrainSettings, model: torch.nn.Module, optimizer: torch.optim
             logger.flush()
         checkpoint = format_path(save_template, settings.model_name, epoch)
         if info.is_main:
-            save_checkpoint({
-                "model": model.state_dict(), "optimizer": optimizer.state_dict(), "optimizer_type": type(optimizer).__name__,
-                "scheduler": scheduler.state_dict() if scheduler is not None else None,
-                "scheduler_type": type(scheduler).__name__ if scheduler is not None else None, "scaler": scaler.state_dict(),
-                "epoch": epoch, "step": step, "best_metric": result.best_metric, "best_epoch": result.best_epoch,
-                "tracked_metric": tracked, "metrics": {k: float(v) for k, v in metrics.items()}, "rng": rng_state(),
-                "config": config or {},
-            }, checkpoint)
+            state = training_state(model, optimizer, scheduler, scaler, result, tracked, config)
+            save_checkpoint({**state, "epoch": epoch, "step": step, "metrics": {k: float(v) for k, v in metrics.items()}},
+                            checkpoint)
             prune_checkpoints(save_template, settings.model_name, settings.keep_last, keep=[result.best_epoch])
         result.final_metrics, result.epochs_done, result.steps, result.checkpoint = metrics, epoch, step, str(checkpoint)
         result.first_metrics = result.first_metrics or metrics
@@ -207,6 +219,26 @@ def _fit(settings: TrainSettings, model: torch.nn.Module, optimizer: torch.optim
     if identical:
         print(identical)
     return result
+
+
+def training_state(model, optimizer, scheduler, scaler, result: FitResult, tracked: float, config: dict | None) -> dict:
+    """Everything of a checkpoint but the position (epoch, step) and the epoch's metrics."""
+    return {
+        "model": model.state_dict(), "optimizer": optimizer.state_dict(), "optimizer_type": type(optimizer).__name__,
+        "scheduler": scheduler.state_dict() if scheduler is not None else None,
+        "scheduler_type": type(scheduler).__name__ if scheduler is not None else None, "scaler": scaler.state_dict(),
+        "best_metric": result.best_metric, "best_epoch": result.best_epoch, "tracked_metric": tracked,
+        "rng": rng_state(), "config": config or {},
+    }
+
+
+def interrupted(stop: StopRequest, info: distributed.DistInfo, path: Path, state: dict) -> TrainingInterrupted:
+    """Checkpoint the step reached (under the name of the epoch in progress: load_model=latest
+    continues inside it, and the finished epoch later replaces the file) and say so in one line."""
+    if info.is_main:
+        save_checkpoint(state, path)
+    return TrainingInterrupted(f"stopped by {stop.signal_name} at epoch {state['epoch'] + 1}, step {state['step']}: "
+                               f"checkpoint {path} written; continue with load_model=latest")
 
 
 def find_checkpoint(settings: TrainSettings) -> tuple[int, Path] | None:

@@ -38,6 +38,7 @@ class TrainSettings:
     early_stopping_patience: int | None = None  # epochs without a new best before stopping
     progress_bar: bool = True
     log_every_n_steps: int = 50  # a plain progress line every N steps when stderr is not a terminal
+    skip_nonfinite_steps: bool = False  # a NaN/inf loss skips its step (with a line) instead of stopping the run
     num_threads: int | None = None  # torch CPU threads of this process (cap it when jobs run side by side)
     run_dir: str = "."  # relative paths (model_save_path, logs_save_path) are taken from here
 

@@ -12,6 +12,7 @@ from typing import Iterable, Sequence
 import torch
 
 from cellmap_train.engine.metrics import OverlapCounter
+from cellmap_train.engine.pause_hook import pause_point
 
 
 @dataclass
@@ -70,6 +71,7 @@ def _validate(model, loader, criterion, classes, device, autocast, time_limit, b
         if samples is None:
             samples = (raw[:keep_samples].float().cpu(), target[:keep_samples].cpu(), torch.sigmoid(logits[:keep_samples]).cpu())
         batches += 1
+        pause_point("validation")
         # checked after a batch, so no batch is read that is then thrown away
         if batch_limit is not None and batches >= batch_limit:
             break

@@ -1,0 +1,42 @@
+"""SIGTERM (a cluster's scheduler) and Ctrl-C (SIGINT) end a run cleanly: the loop finishes the
+step in progress, writes a checkpoint of it and stops with one line. A second signal is not
+caught again, so a stuck run can still be stopped."""
+
+from __future__ import annotations
+
+import signal
+import threading
+
+from cellmap_train.errors import UserError
+
+SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+class TrainingInterrupted(UserError):
+    pass
+
+
+class StopRequest:
+    """While active (a `with` block in the main thread), records the first SIGTERM/SIGINT."""
+
+    def __init__(self):
+        self.signal_name: str | None = None
+        self._previous: dict = {}
+
+    def __enter__(self) -> "StopRequest":
+        if threading.current_thread() is threading.main_thread():
+            self._previous = {sig: signal.signal(sig, self._record) for sig in SIGNALS}
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+    def _record(self, signum, frame) -> None:
+        self.signal_name = signal.Signals(signum).name
+        for sig, handler in self._previous.items():  # the next signal acts as it did before
+            signal.signal(sig, handler)
+
+    @property
+    def requested(self) -> bool:
+        return self.signal_name is not None

@@ -1,0 +1,74 @@
+"""Hydra's own errors (a mistyped override key, a missing group option, override syntax) as one
+line, like every other user error, instead of Hydra's several-line report.
+
+Hydra prints these from `hydra._internal.utils.run_and_report`, which `@hydra.main` looks up at
+call time; `one_line_hydra_errors()` wraps the callable it is given so configuration errors end
+as `cellmap_train: error: ...` and exit 1. Everything else (--help, --cfg, -m, a bug's traceback)
+goes through Hydra's report unchanged; HYDRA_FULL_ERROR=1 keeps Hydra's behaviour entirely.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+import traceback
+from typing import Any, Callable, Iterator
+
+from hydra.errors import HydraException, MissingConfigException, OverrideParseException
+from omegaconf.errors import OmegaConfBaseException
+
+PROG = "cellmap_train"
+
+
+def condense(err: BaseException) -> str:
+    """First line of the error, the option list of a missing config and the OmegaConf cause."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    head = lines[0] if lines else type(err).__name__
+    if isinstance(err, OverrideParseException):
+        head = f"{err.override}: {head}"
+    if isinstance(err, MissingConfigException) and err.options:
+        head += f" (available: {', '.join(err.options)})"
+    elif len(lines) > 1 and not lines[1].startswith(("See http", "full_key:")):
+        head += f"{'' if head.endswith('.') else ':'} {lines[1]}"  # e.g. "To append to your config use +key=value"
+    cause = err.__cause__
+    if isinstance(cause, OmegaConfBaseException) and str(cause).strip():
+        head += f" ({str(cause).strip().splitlines()[0]})"
+    return head
+
+
+def _raised_by_hydra(err: BaseException) -> bool:
+    frames = traceback.extract_tb(err.__traceback__)
+    return bool(frames) and f"hydra{os.sep}_internal" in frames[-1].filename
+
+
+def _guarded(func: Callable[[], Any]) -> Callable[[], Any]:
+    def call() -> Any:
+        try:
+            return func()
+        except (HydraException, OmegaConfBaseException) as err:
+            print(f"{PROG}: error: {condense(err)}", file=sys.stderr)
+            sys.exit(1)
+        except ValueError as err:  # e.g. `model=1.5`: Hydra rejects the override value while composing
+            if not _raised_by_hydra(err):
+                raise
+            print(f"{PROG}: error: {condense(err)}", file=sys.stderr)
+            sys.exit(1)
+
+    return call
+
+
+@contextlib.contextmanager
+def one_line_hydra_errors() -> Iterator[None]:
+    """While active, Hydra reports configuration errors as one line (unless HYDRA_FULL_ERROR=1)."""
+    from hydra._internal import utils  # private: the one place Hydra formats its errors
+
+    if os.environ.get("HYDRA_FULL_ERROR") == "1":
+        yield
+        return
+    original = utils.run_and_report
+    utils.run_and_report = lambda func: original(_guarded(func))
+    try:
+        yield
+    finally:
+        utils.run_and_report = original

@@ -1,0 +1,108 @@
+"""Helpers for the reliability tests: a tiny deterministic demo run, an in-process runner for
+cheap failures (nothing trains), a subprocess runner that can be killed, and checks that an
+error is one line and that existing files were not touched."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+HERE = Path(__file__).resolve().parent
+TINY = ["experiment=demo", "iterations_per_epoch=3", "batch_size=4", "validation_batch_limit=2",
+        "trainer.deterministic=true", "model.base_features=4", "trainer.log_every_n_steps=1"]
+
+
+def error_line(stderr: str) -> str:
+    """The one `cellmap_train: error:` line; fails if there is a traceback or more than one."""
+    assert "Traceback" not in stderr, stderr[-3000:]
+    lines = [line for line in stderr.splitlines() if line.startswith("cellmap_train: error:")]
+    assert len(lines) == 1, stderr[-3000:]
+    return lines[0]
+
+
+def snapshot(folder: Path) -> dict[str, str]:
+    """{relative path: sha1} of every file under `folder`."""
+    return {str(p.relative_to(folder)): hashlib.sha1(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def assert_untouched(before: dict[str, str], folder: Path) -> None:
+    after = snapshot(folder)
+    changed = [name for name, digest in before.items() if after.get(name) != digest]
+    assert not changed, f"existing files changed or removed: {changed}"
+
+
+@pytest.fixture
+def run_inprocess(demo_cache, tmp_path, monkeypatch):
+    """`python -m cellmap_train ARGS` in this process (for runs that stop before training);
+    returns (exit code, stderr + stdout). Any exception other than SystemExit fails the test."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("CELLMAP_TRAIN_DEMO_DIR", str(demo_cache))
+    monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
+
+    def run(*args: str) -> tuple[int, str]:
+        from cellmap_train.train import main
+
+        monkeypatch.setattr(sys, "argv", ["cellmap_train", *args])
+        err, out = io.StringIO(), io.StringIO()
+        code = 0
+        with contextlib.redirect_stderr(err), contextlib.redirect_stdout(out):
+            try:
+                main()
+            except SystemExit as stop:
+                code = stop.code if isinstance(stop.code, int) else (0 if stop.code is None else 1)
+        return code, err.getvalue() + out.getvalue()  # stderr first, then stdout
+
+    return run
+
+
+@pytest.fixture
+def demo_copy(demo_root, tmp_path) -> Path:
+    """A private copy of the demo cache (to corrupt); use with paths.demo_dir=<it>."""
+    from cellmap_train.data.demo import DEMO_VERSION
+
+    cache = tmp_path / "demo_copy"
+    shutil.copytree(demo_root, cache / f"v{DEMO_VERSION}")
+    return cache
+
+
+@pytest.fixture
+def spawn(demo_cache, tmp_path):
+    """Start `python -m cellmap_train TINY... ARGS` (cwd tmp_path) as a Popen with piped output."""
+
+    def start(*args: str, env: dict | None = None) -> subprocess.Popen:
+        full_env = {**os.environ, "CELLMAP_TRAIN_DEMO_DIR": str(demo_cache), "PYTHONUNBUFFERED": "1",
+                    "PYTHONPATH": os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")]), **(env or {})}
+        full_env.pop("HYDRA_FULL_ERROR", None)
+        return subprocess.Popen([sys.executable, "-m", "cellmap_train", *TINY, *args], cwd=tmp_path, env=full_env,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    return start
+
+
+def wait_for_marker(proc: subprocess.Popen, marker: str, timeout: float = 300) -> list[str]:
+    """Read stderr lines until one contains `marker`; returns the lines read."""
+    import selectors
+    import time
+
+    lines, deadline = [], time.monotonic() + timeout
+    selector = selectors.DefaultSelector()
+    selector.register(proc.stderr, selectors.EVENT_READ)
+    while time.monotonic() < deadline:
+        if selector.select(timeout=1):
+            line = proc.stderr.readline()
+            if not line:
+                break
+            lines.append(line)
+            if marker in line:
+                return lines
+    proc.kill()
+    raise AssertionError(f"never saw {marker!r}; stderr:\n{''.join(lines)[-3000:]}\nstdout:\n{proc.stdout.read()[-2000:]}")

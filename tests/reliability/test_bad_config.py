@@ -1,0 +1,69 @@
+"""Bad configuration: one line each, exit 1, no traceback (unless HYDRA_FULL_ERROR=1), and
+nothing read: the demo data is not even generated when the config is wrong."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from conftest import error_line
+
+CASES = {
+    "unknown_key": (["nope=1"], "Could not override 'nope'"),
+    "unknown_nested_key": (["trainer.fo=1"], "Could not override 'trainer.fo'"),
+    "lr_not_a_number": (["lr=abc"], "lr='abc': must be a positive number"),
+    "negative_batch": (["batch_size=-1"], "batch_size=-1: must be an integer >= 1"),
+    "zero_epochs": (["epochs=0"], "epochs=0: must be an integer >= 1"),
+    "missing_group_option": (["model=nope"], "Could not find 'model/nope' (available: 2d_resnet"),
+    "override_syntax": (["lr=["], "lr=[: no viable alternative"),
+    "bad_interpolation": (["lr=${nothere}"], "Interpolation key 'nothere' not found"),
+    "2d_model_3d_shape": (["input_array_info.shape=[8,64,64]"], "model=2d_unet is 2D but input_array_info.shape=[8, 64, 64] is 3D"),
+    "3d_model_2d_shape": (["model=3d_unet", "input_array_info.shape=[1,64,64]"], "model=3d_unet is 3D but"),
+    "bad_amp": (["trainer.amp=fp8"], "trainer.amp must be null, bf16 or fp16"),
+}
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_bad_override_is_one_line_before_any_data(run_inprocess, tmp_path, monkeypatch, name):
+    empty_cache = tmp_path / "no_demo_yet"
+    monkeypatch.setenv("CELLMAP_TRAIN_DEMO_DIR", str(empty_cache))
+    overrides, expected = CASES[name]
+    code, stderr = run_inprocess("experiment=demo", "hydra.run.dir=run", *overrides)
+    assert code == 1
+    assert expected in error_line(stderr)
+    assert not empty_cache.exists(), "the demo data was generated although the config is wrong"
+    assert not (tmp_path / "run" / "datasplit.csv").exists()
+
+
+def test_folder_with_another_runs_checkpoints_is_refused(run_inprocess, tmp_path):
+    checkpoints = tmp_path / "run" / "checkpoints"
+    checkpoints.mkdir(parents=True)
+    (checkpoints / "2d_unet_3.pth").write_bytes(b"an earlier run")
+    code, stderr = run_inprocess("experiment=demo", "hydra.run.dir=run")  # the demo sets load_model=null
+    assert code == 1
+    line = error_line(stderr)
+    assert "already holds checkpoints of an earlier run (epochs 3..3)" in line and "load_model=latest" in line
+    assert (checkpoints / "2d_unet_3.pth").read_bytes() == b"an earlier run"
+    assert not (tmp_path / "run" / "datasplit.csv").exists()
+
+
+def test_hydra_full_error_shows_the_traceback(demo_cache, tmp_path):
+    env = {**os.environ, "HYDRA_FULL_ERROR": "1", "CELLMAP_TRAIN_DEMO_DIR": str(demo_cache)}
+    proc = subprocess.run([sys.executable, "-m", "cellmap_train", "model=nope"], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1
+    assert "Traceback" in proc.stderr and "MissingConfigException" in proc.stderr
+
+
+def test_installed_command_reports_one_line(demo_cache, tmp_path):
+    """The `cellmap-train` console script goes through the same entry."""
+    env = {**os.environ, "CELLMAP_TRAIN_DEMO_DIR": str(demo_cache)}
+    env.pop("HYDRA_FULL_ERROR", None)
+    proc = subprocess.run([sys.executable, "-m", "cellmap_train.cli", "trainer.fo=1"], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1
+    assert "Could not override 'trainer.fo'" in error_line(proc.stderr)
+    assert proc.stderr.strip().count("\n") == 0, proc.stderr

@@ -1,0 +1,89 @@
+"""Kill -9 at a step, in validation and in the middle of a checkpoint write, then resume with
+load_model=latest: the final weights equal an uninterrupted run's, bit for bit, and no file
+under a checkpoint's final name is ever truncated. SIGTERM / Ctrl-C: the step in progress is
+finished, checkpointed, and the run exits 1 with one line; resuming it is exact too."""
+
+from __future__ import annotations
+
+import signal
+from pathlib import Path
+
+import pytest
+import torch
+
+from cellmap_train.engine.checkpoint import read_checkpoint
+from cellmap_train.engine.pause_hook import ENV, MARKER
+from conftest import error_line, wait_for_marker
+
+pytestmark = pytest.mark.slow
+EPOCHS = ["epochs=3", "data.dataloader_kwargs.num_workers=1"]
+
+
+def finish(proc, timeout: float = 600) -> tuple[str, str]:
+    out, err = proc.communicate(timeout=timeout)
+    assert proc.returncode == 0, f"exit {proc.returncode}\n{out[-2000:]}\n{err[-3000:]}"
+    return out, err
+
+
+def final_weights(run: Path) -> dict:
+    state = read_checkpoint(run / "checkpoints" / "2d_unet_3.pth")
+    assert (state["epoch"], state["step"]) == (3, 9)
+    return state["model"]
+
+
+def assert_no_truncated_checkpoint(run: Path) -> None:
+    for path in (run / "checkpoints").glob("*.pth"):
+        read_checkpoint(path)  # raises CheckpointError on a truncated file
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory, demo_cache):
+    """The uninterrupted run's final weights."""
+    import os
+    import subprocess
+    import sys
+
+    from conftest import HERE, TINY
+
+    folder = tmp_path_factory.mktemp("reference")
+    env = {**os.environ, "CELLMAP_TRAIN_DEMO_DIR": str(demo_cache)}
+    env.pop("HYDRA_FULL_ERROR", None)
+    proc = subprocess.run([sys.executable, "-m", "cellmap_train", *TINY, *EPOCHS, "hydra.run.dir=run"], cwd=folder,
+                          env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return final_weights(folder / "run")
+
+
+def same_weights(left: dict, right: dict) -> bool:
+    return left.keys() == right.keys() and all(torch.equal(left[k], right[k]) for k in left)
+
+
+@pytest.mark.parametrize("point", ["step@5", "validation@2", "checkpoint_write@2"])
+def test_kill_9_then_resume_equals_uninterrupted(spawn, tmp_path, reference, point):
+    proc = spawn(*EPOCHS, "hydra.run.dir=run", env={ENV: point})
+    wait_for_marker(proc, MARKER)
+    proc.kill()  # SIGKILL: no handler runs
+    proc.communicate(timeout=60)
+    run = tmp_path / "run"
+    assert_no_truncated_checkpoint(run)
+    if point.startswith("checkpoint_write"):
+        assert not (run / "checkpoints" / "2d_unet_2.pth").exists()
+        assert list((run / "checkpoints").glob(".2d_unet_2.pth.tmp-*")), "the kill did not hit the write window"
+    finish(spawn(*EPOCHS, "hydra.run.dir=run", "load_model=latest"))
+    assert same_weights(final_weights(run), reference)
+    assert not list((run / "checkpoints").glob(".*.tmp-*")), "a stale temporary file was left behind"
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_signal_checkpoints_the_step_and_resume_is_exact(spawn, tmp_path, reference, sig):
+    proc = spawn(*EPOCHS, "hydra.run.dir=run", env={ENV: "step@5:2"})  # pause 2 s inside step 5
+    wait_for_marker(proc, MARKER)
+    proc.send_signal(sig)
+    _, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 1
+    line = error_line(stderr)
+    assert f"stopped by {sig.name} at epoch 2, step 5" in line and "load_model=latest" in line
+    state = read_checkpoint(tmp_path / "run" / "checkpoints" / "2d_unet_2.pth")
+    assert (state["epoch"], state["step"], state["epoch_steps"]) == (1, 5, 2)
+    finish(spawn(*EPOCHS, "hydra.run.dir=run", "load_model=latest"))
+    assert same_weights(final_weights(tmp_path / "run"), reference)
