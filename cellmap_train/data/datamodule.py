@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import signal
 from pathlib import Path
 from typing import Mapping, Sequence
 
@@ -54,6 +55,20 @@ class CellMapLoader(DataLoader):
 
 
 STANDARD_START_METHODS = (None, "fork", "spawn", "forkserver")
+
+
+class IgnoreCtrlC:
+    """worker_init_fn: Ctrl-C in a terminal signals the whole process group, workers included;
+    they leave it to the main process, which finishes the step, writes its checkpoint and then
+    stops them. Runs `then` (the configured worker_init_fn) afterwards; picklable for spawn."""
+
+    def __init__(self, then=None):
+        self.then = then
+
+    def __call__(self, worker_id: int) -> None:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        if self.then is not None:
+            self.then(worker_id)
 
 
 class CellMapData:
@@ -106,6 +121,8 @@ class CellMapData:
         elif "multiprocessing_context" not in kwargs and multiprocessing.get_start_method(allow_none=True) not in STANDARD_START_METHODS:
             # inside a joblib/loky job the default context is loky's, which DataLoader workers cannot use
             kwargs["multiprocessing_context"] = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
+        if kwargs.get("num_workers"):
+            kwargs["worker_init_fn"] = IgnoreCtrlC(kwargs.get("worker_init_fn"))
         return kwargs
 
     def train_loader(self, start_sample: int = 0, rank: int = 0, world_size: int = 1) -> DataLoader:

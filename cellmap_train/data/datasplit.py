@@ -19,9 +19,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-import fsspec
 import numpy as np
 
+from cellmap_train.data.ngff import level_transforms, open_group, url_filesystem
 from cellmap_train.errors import DataError
 
 SEARCH_PATH = "{base_path}/{dataset}/{dataset}.zarr/recon-1/{name}"
@@ -67,7 +67,7 @@ def _split_zarr(path: str) -> tuple[str, str]:
 def find_crops(classes: Sequence[str], datasets: Sequence[str], crops: Sequence[str], search_path: str,
                raw_name: str, crop_name: str, storage_options: dict | None = None) -> list[tuple[str, str, tuple[str, ...]]]:
     """(raw url, crop url, annotated requested classes) for every crop that has at least one class."""
-    fs, _ = fsspec.core.url_to_fs(search_path.format(dataset="x", name="x"), **(storage_options or {}))
+    fs, _ = url_filesystem(search_path.format(dataset="x", name="x"), storage_options)
     protocol = search_path.split("://", 1)[0] + "://" if "://" in search_path else ""
     found: dict[str, set[str]] = {}
     raw_urls: dict[str, str] = {}
@@ -166,7 +166,6 @@ def make_datasplit_csv(classes: Sequence[str] = ("nuc", "mito"), force_all_class
 
 def _fine_enough(crop_url: str, present: Sequence[str], scale, storage_options) -> tuple[str, ...]:
     """The classes of the crop whose s0 voxel size is <= `scale` on every axis."""
-    from cellmap_train.data.ngff import level_transforms, open_group  # ngff imports nothing from here
 
     wanted = np.broadcast_to(np.asarray(scale, dtype=float), (3,))
     keep = []

@@ -11,6 +11,7 @@ import itertools
 from dataclasses import dataclass
 from typing import Any, Sequence
 
+import fsspec
 import numpy as np
 import zarr
 
@@ -21,13 +22,26 @@ def _is_url(path: str) -> bool:
     return "://" in str(path)
 
 
+def url_filesystem(url: str, storage_options: dict | None = None, asynchronous: bool = False):
+    """(fsspec filesystem, path) for `url`. `storage_options.retries` is s3fs's own retry count
+    (default 5, on top of botocore's `config_kwargs.retries`); s3fs takes it as an attribute, not
+    an argument. Filesystems are cached per options, so one run should use one value."""
+    options = dict(storage_options or {})
+    retries = options.pop("retries", None)
+    fs, fs_path = fsspec.core.url_to_fs(url, **options, **({"asynchronous": True} if asynchronous else {}))
+    if retries is not None:
+        fs.retries = int(retries)
+    return fs, fs_path
+
+
 def open_group(path: str, storage_options: dict | None = None) -> zarr.Group:
     """Open a zarr group read-only; `storage_options` go to fsspec for URLs (e.g. anon=True)."""
-    kwargs: dict[str, Any] = {"mode": "r"}
-    if _is_url(path) and storage_options:
-        kwargs["storage_options"] = dict(storage_options)
+    store: Any = str(path)
     try:
-        return zarr.open_group(str(path), **kwargs)
+        if _is_url(path) and storage_options:
+            fs, fs_path = url_filesystem(str(path), storage_options, asynchronous=True)
+            store = zarr.storage.FsspecStore(fs, path=fs_path, read_only=True)
+        return zarr.open_group(store, mode="r")
     except PermissionError as err:
         raise DataError(f"{path}: access denied ({err})") from err
     except (FileNotFoundError, KeyError) as err:  # zarr's GroupNotFoundError is a FileNotFoundError
@@ -35,6 +49,8 @@ def open_group(path: str, storage_options: dict | None = None) -> zarr.Group:
     except Exception as err:
         if type(err).__name__ in {"NodeNotFoundError", "ContainsArrayError", "NodeTypeValidationError"}:
             raise DataError(f"{path}: no zarr group there") from err
+        if _unreachable(err):
+            raise DataError(f"{path}: {unreachable_message(err)}") from err
         raise
 
 
@@ -73,10 +89,16 @@ class LabelEncoding:
 
 
 def _unreachable(err: BaseException) -> bool:
-    """A connection refused / timed out (botocore's or the OS's), after the client's own retries."""
+    """A connection refused / timed out (botocore's or the OS's), after the client's own retries.
+    Only FileNotFoundError means "no such chunk" (read as fill value); these never do."""
     names = {cls.__name__ for cls in type(err).__mro__}
     return isinstance(err, (ConnectionError, TimeoutError)) or bool(
         names & {"EndpointConnectionError", "ConnectTimeoutError", "ReadTimeoutError", "ConnectionClosedError"})
+
+
+def unreachable_message(err: BaseException) -> str:
+    return (f"storage unreachable after its retries ({type(err).__name__}: {str(err).strip()[:200]}); the budget is "
+            f"data.storage_options.config_kwargs (retries, connect_timeout, read_timeout) and data.storage_options.retries")
 
 
 @dataclass
@@ -122,10 +144,19 @@ class ScaleLevel:
             out[dst] = self.array[src]
         except Exception as err:
             if _unreachable(err):  # the store, not the chunk, is at fault: no chunk-by-chunk probing
-                raise DataError(f"{self.path}: storage unreachable after its retries ({type(err).__name__}: "
-                                f"{str(err).strip()[:200]}); the budget is storage_options.config_kwargs.retries") from err
+                raise DataError(f"{self._chunk_names(src)}: {unreachable_message(err)}") from err
             raise DataError(self._describe_read_error(src, err)) from err
         return out
+
+    def _chunk_names(self, src: tuple[slice, ...]) -> str:
+        """`<path>/<key>` of the chunk a box covers, or `<path>/<first key>..<last key>`."""
+        chunks = getattr(self.array, "chunks", None)
+        if chunks is None or not hasattr(self.array, "metadata"):
+            return self.path
+        first = tuple(s.start // c for s, c in zip(src, chunks))
+        last = tuple((s.stop - 1) // c for s, c in zip(src, chunks))
+        keys = [self.array.metadata.encode_chunk_key(coords) for coords in dict.fromkeys((first, last))]
+        return f"{self.path}/{'..'.join(keys)}"
 
     def read_labels(self, world_low: Sequence[float], shape: Sequence[int]) -> np.ndarray:
         """float32 class values (0/1, NaN = unknown or outside the crop)."""

@@ -5,6 +5,7 @@ finished, checkpointed, and the run exits 1 with one line; resuming it is exact 
 
 from __future__ import annotations
 
+import os
 import signal
 from pathlib import Path
 
@@ -87,3 +88,20 @@ def test_signal_checkpoints_the_step_and_resume_is_exact(spawn, tmp_path, refere
     assert (state["epoch"], state["step"], state["epoch_steps"]) == (1, 5, 2)
     finish(spawn(*EPOCHS, "hydra.run.dir=run", "load_model=latest"))
     assert same_weights(final_weights(tmp_path / "run"), reference)
+
+
+def test_ctrl_c_in_a_terminal_reaches_the_workers_too_and_the_checkpoint_is_written(spawn, tmp_path):
+    # a terminal's Ctrl-C signals the whole process group. Here it comes while the main process still
+    # waits on validation batches from spawned workers (which get no handler from it): they must go on.
+    proc = spawn(*EPOCHS, "hydra.run.dir=run", "validation_batch_limit=12", "data.dataloader_kwargs.num_workers=1",
+                 "data.dataloader_kwargs.prefetch_factor=1", "+data.dataloader_kwargs.multiprocessing_context=spawn",
+                 env={ENV: "validation@1:2"}, new_session=True)
+    wait_for_marker(proc, MARKER)
+    os.killpg(proc.pid, signal.SIGINT)
+    _, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 1
+    line = error_line(stderr)
+    assert "stopped by SIGINT at epoch 2, step 4: checkpoint" in line and "2d_unet_2.pth written" in line, line
+    assert read_checkpoint(tmp_path / "run" / "checkpoints" / "2d_unet_1.pth")["epoch"] == 1
+    state = read_checkpoint(tmp_path / "run" / "checkpoints" / "2d_unet_2.pth")
+    assert (state["epoch"], state["step"], state["epoch_steps"]) == (1, 4, 1)
