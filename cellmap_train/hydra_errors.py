@@ -49,7 +49,7 @@ def _guarded(func: Callable[[], Any]) -> Callable[[], Any]:
         except (HydraException, OmegaConfBaseException) as err:
             print(f"{PROG}: error: {condense(err)}", file=sys.stderr)
             sys.exit(1)
-        except ValueError as err:  # e.g. `model=1.5`: Hydra rejects the override value while composing
+        except (ValueError, TypeError) as err:  # e.g. `model=1.5` / an int choice: Hydra rejects the value while composing
             if not _raised_by_hydra(err):
                 raise
             print(f"{PROG}: error: {condense(err)}", file=sys.stderr)

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from conftest import error_line
+from faults import error_line
 
 CASES = {
     "unknown_key": (["nope=1"], "Could not override 'nope'"),

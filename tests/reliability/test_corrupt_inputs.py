@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import zarr
 
-from conftest import TINY, assert_untouched, error_line, snapshot
+from faults import TINY, assert_untouched, error_line, snapshot
 
 RUN = [*TINY, "epochs=1", "data.dataloader_kwargs.num_workers=0", "hydra.run.dir=run"]
 

@@ -4,10 +4,9 @@ ends with a one-line "no crops" error instead of training."""
 
 from __future__ import annotations
 
-import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from conftest import error_line
+from faults import error_line
 
 KEYS = ["lr", "batch_size", "epochs", "seed", "validation_prob", "load_model", "model", "optimizer", "scheduler",
         "loss", "trainer.amp", "classes", "input_array_info.shape", "nope", "trainer.keep_last", "device"]

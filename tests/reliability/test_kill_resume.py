@@ -14,7 +14,7 @@ import torch
 
 from cellmap_train.engine.checkpoint import read_checkpoint
 from cellmap_train.engine.pause_hook import ENV, MARKER
-from conftest import error_line, wait_for_marker
+from faults import error_line, wait_for_marker
 
 pytestmark = pytest.mark.slow
 EPOCHS = ["epochs=3", "data.dataloader_kwargs.num_workers=1"]
@@ -44,7 +44,7 @@ def reference(tmp_path_factory, demo_cache):
     import subprocess
     import sys
 
-    from conftest import HERE, TINY
+    from faults import TINY
 
     folder = tmp_path_factory.mktemp("reference")
     env = {**os.environ, "CELLMAP_TRAIN_DEMO_DIR": str(demo_cache)}

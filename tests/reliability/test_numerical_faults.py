@@ -8,7 +8,7 @@ import math
 import pytest
 
 from cellmap_train.engine.checkpoint import read_checkpoint
-from conftest import HERE, TINY, error_line
+from faults import HERE, TINY, error_line
 
 NAN_AT_5 = [*TINY, "epochs=2", "data.dataloader_kwargs.num_workers=0", "hydra.run.dir=run",
             "loss._target_=nan_loss.NanAtStep", "+loss.at_step=5"]

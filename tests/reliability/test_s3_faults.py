@@ -15,7 +15,7 @@ from cellmap_train.data.ngff import open_level
 from cellmap_train.engine.checkpoint import read_checkpoint
 from cellmap_train.engine.pause_hook import ENV, MARKER
 from cellmap_train.errors import DataError
-from conftest import error_line, snapshot, wait_for_marker
+from faults import error_line, snapshot, wait_for_marker
 from relay import Relay
 
 SMALL_BUDGET = {"max_attempts": 2, "timeout": 1, "s3fs": 1}

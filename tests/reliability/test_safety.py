@@ -9,7 +9,7 @@ import os
 import subprocess
 import sys
 
-from conftest import TINY
+from faults import TINY
 
 
 def files_under(*folders):

@@ -1,0 +1,51 @@
+"""Helpers shared by the reliability tests (a module with its own name: pytest puts every
+test folder on sys.path, and several folders have a conftest.py)."""
+
+from __future__ import annotations
+
+import hashlib
+import selectors
+import subprocess
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+TINY = ["experiment=demo", "iterations_per_epoch=3", "batch_size=4", "validation_batch_limit=2",
+        "trainer.deterministic=true", "model.base_features=4", "trainer.log_every_n_steps=1"]
+
+
+def error_line(stderr: str) -> str:
+    """The one `cellmap_train: error:` line; fails if there is a traceback or more than one."""
+    assert "Traceback" not in stderr, stderr[-3000:]
+    lines = [line for line in stderr.splitlines() if line.startswith("cellmap_train: error:")]
+    assert len(lines) == 1, stderr[-3000:]
+    return lines[0]
+
+
+def snapshot(folder: Path) -> dict[str, str]:
+    """{relative path: sha1} of every file under `folder`."""
+    return {str(p.relative_to(folder)): hashlib.sha1(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def assert_untouched(before: dict[str, str], folder: Path) -> None:
+    after = snapshot(folder)
+    changed = [name for name, digest in before.items() if after.get(name) != digest]
+    assert not changed, f"existing files changed or removed: {changed}"
+
+
+def wait_for_marker(proc: subprocess.Popen, marker: str, timeout: float = 300) -> list[str]:
+    """Read stderr lines until one contains `marker`; returns the lines read."""
+    lines, deadline = [], time.monotonic() + timeout
+    selector = selectors.DefaultSelector()
+    selector.register(proc.stderr, selectors.EVENT_READ)
+    while time.monotonic() < deadline:
+        if selector.select(timeout=1):
+            line = proc.stderr.readline()
+            if not line:
+                break
+            lines.append(line)
+            if marker in line:
+                return lines
+    proc.kill()
+    raise AssertionError(f"never saw {marker!r}; stderr:\n{''.join(lines)[-3000:]}\nstdout:\n{proc.stdout.read()[-2000:]}")
