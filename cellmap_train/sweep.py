@@ -18,6 +18,8 @@ import yaml
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
+from cellmap_train.files import atomic_write
+
 if TYPE_CHECKING:  # pandas is imported only when a sweep summary is made: every run's start-up is spared it
     import pandas as pd
 
@@ -28,10 +30,8 @@ def write_result(run_dir: str | os.PathLike, record: dict[str, Any]) -> Path:
     """Atomically write a run's record (NaN/inf become null so the file is strict JSON)."""
     clean = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in record.items()}
     path = Path(run_dir) / RESULT_FILE
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{RESULT_FILE}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(clean, indent=2, default=str) + "\n")
-    os.replace(tmp, path)
+    with atomic_write(path) as handle:
+        handle.write(json.dumps(clean, indent=2, default=str) + "\n")
     return path
 
 

@@ -11,7 +11,6 @@ others are unknown there. Local folders and s3:// URLs are listed through the sa
 from __future__ import annotations
 
 import csv
-import io
 import logging
 import os
 import re
@@ -23,6 +22,7 @@ import numpy as np
 
 from cellmap_train.data.ngff import level_transforms, open_group, url_filesystem
 from cellmap_train.errors import DataError
+from cellmap_train.files import atomic_write
 
 SEARCH_PATH = "{base_path}/{dataset}/{dataset}.zarr/recon-1/{name}"
 RAW_NAME = "em/fibsem-uint8"
@@ -188,14 +188,8 @@ def make_s3_datasplit_csv(classes: Sequence[str] = ("nuc", "mito"), force_all_cl
 
 def write_datasplit(entries: Sequence[CropEntry], csv_path: str | os.PathLike) -> None:
     """Write atomically: a crash leaves either the old file or the complete new one."""
-    csv_path = Path(csv_path)
-    csv_path.parent.mkdir(parents=True, exist_ok=True)
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, quoting=csv.QUOTE_ALL, lineterminator="\n")
-    writer.writerows(entry.row() for entry in entries)
-    tmp = csv_path.with_name(f".{csv_path.name}.tmp-{os.getpid()}")
-    tmp.write_text(buffer.getvalue())
-    os.replace(tmp, csv_path)
+    with atomic_write(csv_path, "w", newline="") as handle:
+        csv.writer(handle, quoting=csv.QUOTE_ALL, lineterminator="\n").writerows(entry.row() for entry in entries)
 
 
 def read_datasplit(csv_path: str | os.PathLike) -> list[CropEntry]:

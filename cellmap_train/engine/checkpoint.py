@@ -19,6 +19,7 @@ import torch
 
 from cellmap_train.engine.pause_hook import pause_point
 from cellmap_train.errors import CheckpointError
+from cellmap_train.files import atomic_write
 
 FULL_KEYS = {"model", "optimizer", "epoch", "step"}
 
@@ -86,17 +87,9 @@ def save_checkpoint(state: dict, path: str | os.PathLike) -> Path:
     """Write to a temporary file in the same folder, fsync, then rename over the final name:
     a crash leaves the previous file or the complete new one, never a truncated one."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as handle:
-            torch.save(state, handle)
-            handle.flush()
-            pause_point("checkpoint_write")
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with atomic_write(path, "wb") as handle:
+        torch.save(state, handle)
+        pause_point("checkpoint_write")
     for stale in path.parent.glob(f".{glob.escape(path.name)}.tmp-*"):  # left by a killed earlier run
         stale.unlink(missing_ok=True)
     return path
