@@ -99,6 +99,7 @@ def run(cfg: DictConfig) -> float:
     user error exits 1 with one line (a traceback only with HYDRA_FULL_ERROR=1)."""
     start = time.perf_counter()
     multirun = HydraConfig.get().mode == RunMode.MULTIRUN
+    writes_files = distributed.init().is_main  # only rank 0 under torchrun
     try:
         result = train(cfg)
     except Exception as err:
@@ -107,12 +108,12 @@ def run(cfg: DictConfig) -> float:
             raise
         message = one_line(err) if expected else f"{type(err).__name__}: {err}".splitlines()[0]
         print(f"cellmap_train: error: {message}", file=sys.stderr)
-        if distributed.init().is_main:
+        if writes_files:
             write_result(cfg.paths.output_dir, record(None, cfg, time.perf_counter() - start, error=message))
         if multirun:
             return math.nan
         sys.exit(1)
-    if distributed.init().is_main:
+    if writes_files:
         write_result(cfg.paths.output_dir, record(result, cfg, time.perf_counter() - start))
         report(result, cfg)
     return result.best_metric
