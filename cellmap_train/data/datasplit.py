@@ -20,7 +20,7 @@ from typing import Sequence
 
 import numpy as np
 
-from cellmap_train.data.ngff import level_transforms, open_group, url_filesystem
+from cellmap_train.data.ngff import level_transforms, open_group, reachable, url_filesystem
 from cellmap_train.errors import DataError
 from cellmap_train.files import atomic_write
 
@@ -69,18 +69,19 @@ def find_crops(classes: Sequence[str], datasets: Sequence[str], crops: Sequence[
     """(raw url, crop url, annotated requested classes) for every crop that has at least one class."""
     fs, _ = url_filesystem(search_path.format(dataset="x", name="x"), storage_options)
     protocol = search_path.split("://", 1)[0] + "://" if "://" in search_path else ""
-    found: dict[str, set[str]] = {}
-    raw_urls: dict[str, str] = {}
-    for dataset in datasets:
-        for crop in crops:
-            for cls in classes:
-                pattern = search_path.format(dataset=dataset, name=crop_name.format(crop=_crop_glob(crop), label=cls))
-                for match in fs.glob(pattern.removeprefix(protocol)):
-                    crop_url = protocol + match.rsplit("/", 1)[0]
-                    found.setdefault(crop_url, set()).add(match.rsplit("/", 1)[-1])
-                    zarr_root, _ = _split_zarr(crop_url)
-                    raw_urls[crop_url] = search_path.format(dataset=Path(zarr_root).stem, name=raw_name)
-    raw_exists = {raw: fs.exists(raw.removeprefix(protocol)) for raw in set(raw_urls.values())}
+    with reachable(search_path):
+        found: dict[str, set[str]] = {}
+        raw_urls: dict[str, str] = {}
+        for dataset in datasets:
+            for crop in crops:
+                for cls in classes:
+                    pattern = search_path.format(dataset=dataset, name=crop_name.format(crop=_crop_glob(crop), label=cls))
+                    for match in fs.glob(pattern.removeprefix(protocol)):
+                        crop_url = protocol + match.rsplit("/", 1)[0]
+                        found.setdefault(crop_url, set()).add(match.rsplit("/", 1)[-1])
+                        zarr_root, _ = _split_zarr(crop_url)
+                        raw_urls[crop_url] = search_path.format(dataset=Path(zarr_root).stem, name=raw_name)
+        raw_exists = {raw: fs.exists(raw.removeprefix(protocol)) for raw in set(raw_urls.values())}
     for raw in sorted(r for r, ok in raw_exists.items() if not ok):
         log.warning("skipping the crops of %s: no raw data there", raw)
     return [(raw_urls[url], url, tuple(c for c in classes if c in found[url])) for url in sorted(found, key=_natural_key)

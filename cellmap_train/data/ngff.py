@@ -8,8 +8,9 @@ World coordinates are nm, axes z/y/x; a level's `translation` is the centre of i
 from __future__ import annotations
 
 import itertools
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import fsspec
 import numpy as np
@@ -201,9 +202,22 @@ def level_transforms(group: zarr.Group, path: str) -> list[tuple[str, tuple[floa
     return [(entry.get("path"), *_transforms(entry, f"{path}/{entry.get('path')}")) for entry in datasets]
 
 
-def _open_level_array(group: zarr.Group, path: str, name: str):
+@contextmanager
+def reachable(where: str) -> Iterator[None]:
+    """Turn a storage outage inside the block into a DataError naming `where`."""
     try:
-        return group[name]
+        yield
+    except Exception as err:
+        if _unreachable(err):
+            raise DataError(f"{where}: {unreachable_message(err)}") from err
+        raise
+
+
+def open_level_array(group: zarr.Group, path: str, name: str):
+    """The array `name` of the multiscale group (its metadata is fetched here)."""
+    try:
+        with reachable(f"{path}/{name}"):
+            return group[name]
     except (KeyError, FileNotFoundError) as err:
         raise DataError(f"{path}/{name}: listed in multiscales but missing") from err
 
@@ -215,12 +229,12 @@ def open_level(path: str, scale: Sequence[float], storage_options: dict | None =
     wanted = tuple(float(s) for s in scale)
     for name, level_scale, translation in levels:
         if len(level_scale) == len(wanted) and np.allclose(level_scale, wanted):
-            array = _open_level_array(group, path, name)
+            array = open_level_array(group, path, name)
             if len(array.shape) != len(level_scale):
                 raise DataError(f"{path}/{name}: array of shape {list(array.shape)} has {len(array.shape)} axes but its "
                                 f"multiscales metadata has {len(level_scale)} (z, y, x)")
             # the s0 array carries the annotation attributes in the challenge data; the group may too
-            first = _open_level_array(group, path, levels[0][0]) if name != levels[0][0] else array
+            first = open_level_array(group, path, levels[0][0]) if name != levels[0][0] else array
             encoding = LabelEncoding.from_attrs(dict(array.attrs), dict(first.attrs), dict(group.attrs))
             return ScaleLevel(array, level_scale, translation, f"{path}/{name}", encoding)
     available = ", ".join(f"{name}={list(s)}" for name, s, _ in levels)

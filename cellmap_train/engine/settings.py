@@ -63,6 +63,7 @@ class TrainSettings:
         for ok, message in checks:
             if not ok:
                 raise ConfigError(message)
+        pick_device(self.device)  # a wrong device fails here, before any data is read
 
 
 def _none_or_at_least(value, low: int) -> bool:
@@ -74,8 +75,8 @@ def pick_device(name: str | None) -> torch.device:
     if name:
         try:
             device = torch.device(name)
-        except RuntimeError as err:
-            raise ConfigError(f"device={name!r}: {err}") from err
+        except (RuntimeError, TypeError) as err:  # TypeError: neither a name nor an index (device=1.5)
+            raise ConfigError(f"device={name!r}: not a device; use null, cpu, cuda, cuda:N or mps") from err
         if device.type == "cuda" and not torch.cuda.is_available():
             raise ConfigError(f"device={name!r}: CUDA is not available on this machine (device=null picks what is)")
         return device

@@ -23,6 +23,12 @@ CASES = {
     "2d_model_3d_shape": (["input_array_info.shape=[8,64,64]"], "model=2d_unet is 2D but input_array_info.shape=[8, 64, 64] is 3D"),
     "3d_model_2d_shape": (["model=3d_unet", "input_array_info.shape=[1,64,64]"], "model=3d_unet is 3D but"),
     "bad_amp": (["trainer.amp=fp8"], "trainer.amp must be null, bf16 or fp16"),
+    # found by the fuzz test: a number where a list belongs, a device that is neither name nor index
+    "shape_not_a_list": (["input_array_info.shape=134"], "input_array_info.shape=134: must be 2 or 3 voxel counts"),
+    "shape_with_zero": (["input_array_info.shape=[1,0,64]"], "input_array_info.shape=[1, 0, 64]: must be 2 or 3"),
+    "scale_not_numbers": (["input_array_info.scale=[a,b,c]"], "input_array_info.scale=['a', 'b', 'c']: must be positive"),
+    "array_info_not_a_dict": (["input_array_info=5"], "input_array_info=5: must be {shape: [D,H,W], scale: [z,y,x]}"),
+    "device_a_float": (["device=1.5"], "device=1.5: not a device; use null, cpu, cuda, cuda:N or mps"),
 }
 
 

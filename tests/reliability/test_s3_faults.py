@@ -11,7 +11,7 @@ import time
 import numpy as np
 import pytest
 
-from cellmap_train.data.ngff import open_level
+from cellmap_train.data.ngff import open_group, open_level, open_level_array
 from cellmap_train.engine.checkpoint import read_checkpoint
 from cellmap_train.engine.pause_hook import ENV, MARKER
 from cellmap_train.errors import DataError
@@ -19,7 +19,9 @@ from faults import error_line, snapshot, wait_for_marker
 from relay import Relay
 
 SMALL_BUDGET = {"max_attempts": 2, "timeout": 1, "s3fs": 1}
-UNREACHABLE = r"s3://cellmap-demo/\S+/s0/\S+: storage unreachable after its retries"
+# names what could not be fetched: a chunk, or the metadata of a level's array or of its group
+# (a DataLoader worker may open the arrays after the cut)
+UNREACHABLE = r"s3://cellmap-demo/\S+: storage unreachable after its retries"
 
 
 def budget_overrides(max_attempts: int | None = None, timeout: int | None = None, s3fs: int | None = None) -> list[str]:
@@ -52,17 +54,28 @@ def test_a_read_during_an_outage_fails_naming_the_chunk_and_works_again_after(re
     expected = level.read([0, 0, 0], (16, 16, 16))
     assert expected.any()
     relay.cut()
-    with pytest.raises(DataError, match=UNREACHABLE.replace(r"\S+/s0", "jrc_demo-1/.*/s0") + r".*data\.storage_options"):
+    with pytest.raises(DataError, match=r"s3://cellmap-demo/jrc_demo-1/\S+/s0/\S+: storage unreachable.*data\.storage_options"):
         level.read([0, 0, 0], (16, 16, 16))
     assert relay.refused >= 2, "the read was not retried"
     relay.restore()
     np.testing.assert_array_equal(level.read([0, 0, 0], (16, 16, 16)), expected)
 
 
+def test_opening_a_level_during_an_outage_names_the_array(relay, s3_demo_bucket):
+    # the group's metadata was fetched before the outage; the level array's is fetched after it
+    path = f"{s3_demo_bucket}/jrc_demo-1/jrc_demo-1.zarr/recon-1/em/fibsem-uint8"
+    options = {"anon": True, "client_kwargs": {"endpoint_url": relay.url},
+               "config_kwargs": {"retries": {"max_attempts": 1}, "connect_timeout": 1, "read_timeout": 1}, "retries": 1}
+    group = open_group(path, options)
+    relay.cut()
+    with pytest.raises(DataError, match=re.escape(f"{path}/s0: storage unreachable")):
+        open_level_array(group, path, "s0")
+
+
 @pytest.mark.slow
 def test_training_rides_out_an_outage_mid_epoch(spawn, relay, s3_demo_bucket, tmp_path):
     # no workers: the batch after the pause is read in the main process, while the server is gone
-    proc = s3_run(spawn, relay, s3_demo_bucket, "epochs=1", "data.dataloader_kwargs.num_workers=0", pause="step@2:1")
+    proc = s3_run(spawn, relay, s3_demo_bucket, "epochs=1", "data.dataloader_kwargs.num_workers=0", pause="step@2:2")
     wait_for_marker(proc, MARKER)
     relay.cut()
     time.sleep(3)
@@ -77,7 +90,7 @@ def test_training_rides_out_an_outage_mid_epoch(spawn, relay, s3_demo_bucket, tm
 @pytest.mark.slow
 def test_server_gone_for_good_is_one_line_after_the_budget_and_leaves_files_alone(spawn, relay, s3_demo_bucket, tmp_path):
     proc = s3_run(spawn, relay, s3_demo_bucket, "epochs=2", "iterations_per_epoch=2", "validation_batch_limit=1",
-                  "data.dataloader_kwargs.num_workers=1", pause="step@3:1", budget=SMALL_BUDGET)  # epoch 2's first step
+                  "data.dataloader_kwargs.num_workers=1", pause="step@3:5", budget=SMALL_BUDGET)  # epoch 2's first step; cut while paused
     wait_for_marker(proc, MARKER)
     checkpoints = tmp_path / "run" / "checkpoints"
     before = snapshot(checkpoints)
