@@ -4,8 +4,8 @@
 
 Prints, side by side in one run: samples/s for 1x128x128 and 128^3 random crops with the
 default spatial transforms (mirror x,y; transpose x,y; rotate about z) and value transforms,
-for both loaders and their ratio; then the peak RSS of a training process (2 workers) on 8 vs
-80 crops. The data (demo layout, 8 crops of 256^3 voxels) is generated once into --data-dir.
+for both loaders (ours with its decoded-chunk cache off and on) and their ratios; then the
+peak RSS of a training process (2 workers, default settings) on 8 vs 80 crops. The data (demo layout, 8 crops of 256^3 voxels) is generated once into --data-dir.
 cellmap-data pins zarr 2, so it runs in a separate interpreter (its own venv), never imported here.
 """
 
@@ -45,13 +45,13 @@ def ensure_split(root: Path) -> Path:
     return csv_path
 
 
-def measure_ours(root: Path, csv_path: Path, shape, batches: int, batch_size: int, workers: int) -> dict:
+def measure_ours(root: Path, csv_path: Path, shape, batches: int, batch_size: int, workers: int, cache_mb: float) -> dict:
     from cellmap_train.data import CellMapData
     from cellmap_train.data.transforms import BinarizeLabels, NormalizeRaw, SampleTransforms, SpatialTransform
 
     start = time.perf_counter()
     data = CellMapData(str(root), csv_path, CLASSES, {"shape": shape, "scale": SCALE}, batch_size=batch_size,
-                       dataloader_kwargs={"num_workers": workers},
+                       dataloader_kwargs={"num_workers": workers}, chunk_cache_mb=cache_mb,
                        train_transforms=SampleTransforms(SpatialTransform(**SPATIAL), NormalizeRaw(), BinarizeLabels()))
     return time_batches(iter(data.train_loader()), batches, batch_size, start)
 
@@ -151,7 +151,8 @@ def main() -> None:
     parser.add_argument("--data-dir", type=Path, default=Path.home() / ".cache/cellmap_train/bench-loader")
     parser.add_argument("--cellmap-data-python", default=None, help="python of a venv with cellmap-data installed")
     parser.add_argument("--workers", type=int, default=0, help="DataLoader workers for the throughput part (both loaders)")
-    parser.add_argument("--batches", type=int, default=6)
+    parser.add_argument("--batches", type=int, default=20)
+    parser.add_argument("--cache-mb", type=float, default=512, help="data.chunk_cache_mb for the 'cache' column")
     parser.add_argument("--skip-rss", action="store_true")
     parser.add_argument("--cellmap-data-worker", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -161,17 +162,21 @@ def main() -> None:
     big = ensure_data(args.data_dir / "crops8-256", 8, (256, 256, 256), (288, 288, 288))
     csv_path = ensure_split(big)
     print(f"throughput, {args.workers} workers, {os.cpu_count()} CPU cores (shared), data {big}")
-    print(f"{'sample':<11} {'batch':>5} {'ours samples/s':>15} {'cellmap-data samples/s':>23} {'ratio':>7}   start-up s (ours / cellmap-data)")
+    print(f"chunk cache: off (the local default), and data.chunk_cache_mb={args.cache_mb:g} per process")
+    print(f"{'sample':<11} {'batch':>5} {'ours, no cache':>15} {'ours, cache':>12} {'cellmap-data':>13} "
+          f"{'ratio no cache':>15} {'ratio cache':>12}   start-up s (ours / cellmap-data)   [samples/s]")
     for label, shape in SHAPES.items():
         batch = 8 if shape[0] == 1 else 2
-        ours = measure_ours(big, csv_path, shape, args.batches, batch, args.workers)
+        plain = measure_ours(big, csv_path, shape, args.batches, batch, args.workers, 0)
+        cached = measure_ours(big, csv_path, shape, args.batches, batch, args.workers, args.cache_mb)
         theirs = run_cellmap_data(args.cellmap_data_python, csv_path, shape, args.batches, batch, args.workers)
+        row = f"{label:<11} {batch:>5} {plain['samples_per_s']:>15.1f} {cached['samples_per_s']:>12.1f}"
         if isinstance(theirs, dict):
-            ratio = ours["samples_per_s"] / theirs["samples_per_s"]
-            print(f"{label:<11} {batch:>5} {ours['samples_per_s']:>15.1f} {theirs['samples_per_s']:>23.2f} {ratio:>6.1f}x"
-                  f"   {ours['startup_s']:.1f} / {theirs['startup_s']:.1f}")
+            rate = theirs["samples_per_s"]
+            print(f"{row} {rate:>13.2f} {plain['samples_per_s'] / rate:>14.1f}x {cached['samples_per_s'] / rate:>11.1f}x"
+                  f"   {plain['startup_s']:.1f} / {theirs['startup_s']:.1f}")
         else:
-            print(f"{label:<11} {batch:>5} {ours['samples_per_s']:>15.1f} {theirs:>23}")
+            print(f"{row} {theirs:>13}")
     if args.skip_rss:
         return
     print("peak memory of training (experiment=demo, 2 workers; main + workers summed)")

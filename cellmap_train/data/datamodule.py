@@ -15,6 +15,7 @@ from typing import Mapping, Sequence
 import torch
 from torch.utils.data import DataLoader
 
+from cellmap_train.data.chunks import ChunkCache
 from cellmap_train.data.dataset import ArrayInfo, CountingSampler, Crop, RandomCropDataset, ValidationTileDataset
 from cellmap_train.data.datasplit import make_datasplit_csv, read_datasplit
 from cellmap_train.data.demo import ensure_demo_data
@@ -78,7 +79,7 @@ class CellMapData:
                  force_all_classes: bool | str = False, storage_options: Mapping | None = None,
                  dataloader_kwargs: Mapping | None = None, make_demo: bool = False, train_on_validation: bool = False,
                  train_transforms: SampleTransforms | None = None, val_transforms: SampleTransforms | None = None,
-                 rare_class_weight: float = 0.0, filter_by_scale: bool = False):
+                 rare_class_weight: float = 0.0, filter_by_scale: bool = False, chunk_cache_mb: float = 0):
         self.classes = list(classes)
         self.batch_size = int(batch_size)
         self.seed = int(seed)
@@ -96,7 +97,9 @@ class CellMapData:
             entries = make_datasplit_csv(self.classes, force_all_classes, validation_prob, base_path=self.search_path,
                                          csv_path=self.datasplit_path, storage_options=self.storage_options, seed=self.seed,
                                          scale=self.target_info.scale if filter_by_scale else None)
-        crops = {usage: [Crop(e, self.classes, self.input_info, self.target_info, self.storage_options)
+        # one cache per process shared by every crop (a worker gets its own, empty, of the same size)
+        cache = ChunkCache(chunk_cache_mb)
+        crops = {usage: [Crop(e, self.classes, self.input_info, self.target_info, self.storage_options, cache)
                          for e in entries if e.usage == usage and set(e.classes) & set(self.classes)]
                  for usage in ("train", "validate")}
         if train_on_validation:

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
+from cellmap_train.data.chunks import ChunkCache
 from cellmap_train.data.datasplit import CropEntry
 from cellmap_train.data.ngff import ScaleLevel, coarsest_level, open_level
 from cellmap_train.data.transforms import SampleTransforms
@@ -53,8 +54,9 @@ class Crop:
     in each process (a forked worker reopens its own stores instead of sharing the parent's)."""
 
     def __init__(self, entry: CropEntry, classes: Sequence[str], input_info: ArrayInfo, target_info: ArrayInfo,
-                 storage_options: dict | None):
+                 storage_options: dict | None, cache: ChunkCache | None = None):
         self.entry, self.classes = entry, list(classes)
+        self.cache = cache
         self.input_info, self.target_info = input_info, target_info
         self.storage_options = storage_options or {}
         self._raw: ScaleLevel | None = None
@@ -66,9 +68,9 @@ class Crop:
 
     def open(self) -> "Crop":
         if self._raw is None or self._pid != os.getpid():
-            self._labels = {cls: open_level(self.entry.label_url(cls), self.target_info.scale, self.storage_options)
+            self._labels = {cls: open_level(self.entry.label_url(cls), self.target_info.scale, self.storage_options, self.cache)
                             if cls in self.entry.classes else None for cls in self.classes}
-            self._raw = open_level(self.entry.raw_url, self.input_info.scale, self.storage_options)
+            self._raw = open_level(self.entry.raw_url, self.input_info.scale, self.storage_options, self.cache)
             self._pid = os.getpid()
         return self
 

@@ -16,6 +16,7 @@ import fsspec
 import numpy as np
 import zarr
 
+from cellmap_train.data.chunks import ChunkCache, ChunkReadError, chunk_reader
 from cellmap_train.errors import DataError
 
 
@@ -111,6 +112,7 @@ class ScaleLevel:
     translation: tuple[float, ...]
     path: str
     encoding: LabelEncoding = LabelEncoding()
+    reader: Any = None  # a chunks.V2ChunkReader, else reads go through zarr
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -142,12 +144,23 @@ class ScaleLevel:
         src = tuple(slice(int(a), int(b)) for a, b in zip(src_lo, src_hi))
         dst = tuple(slice(int(a - s), int(b - s)) for a, b, s in zip(src_lo, src_hi, start))
         try:
-            out[dst] = self.array[src]
+            out[dst] = self.reader.read(src) if self.reader is not None else self.array[src]
+        except ChunkReadError as err:
+            raise DataError(self._describe_chunk_error(err)) from err
         except Exception as err:
             if _unreachable(err):  # the store, not the chunk, is at fault: no chunk-by-chunk probing
                 raise DataError(f"{self._chunk_names(src)}: {unreachable_message(err)}") from err
             raise DataError(self._describe_read_error(src, err)) from err
         return out
+
+    def _describe_chunk_error(self, err: ChunkReadError) -> str:
+        where, cause = f"{self.path}/{err.key}", err.cause
+        if _unreachable(cause):
+            return f"{where}: {unreachable_message(cause)}"
+        if isinstance(cause, PermissionError):
+            return f"{where}: access denied ({cause})"
+        first = str(cause).strip().splitlines()[0] if str(cause).strip() else ""
+        return f"{where}: corrupt or unreadable chunk ({type(cause).__name__}: {first})"
 
     def _chunk_names(self, src: tuple[slice, ...]) -> str:
         """`<path>/<key>` of the chunk a box covers, or `<path>/<first key>..<last key>`."""
@@ -222,8 +235,10 @@ def open_level_array(group: zarr.Group, path: str, name: str):
         raise DataError(f"{path}/{name}: listed in multiscales but missing") from err
 
 
-def open_level(path: str, scale: Sequence[float], storage_options: dict | None = None) -> ScaleLevel:
-    """The level of the multiscale group at `path` whose voxel size equals `scale` (nm, z/y/x)."""
+def open_level(path: str, scale: Sequence[float], storage_options: dict | None = None,
+               cache: ChunkCache | None = None) -> ScaleLevel:
+    """The level of the multiscale group at `path` whose voxel size equals `scale` (nm, z/y/x).
+    Its chunks are read with chunks.V2ChunkReader where it can (decoded chunks kept in `cache`)."""
     group = open_group(path, storage_options)
     levels = level_transforms(group, path)
     wanted = tuple(float(s) for s in scale)
@@ -236,7 +251,8 @@ def open_level(path: str, scale: Sequence[float], storage_options: dict | None =
             # the s0 array carries the annotation attributes in the challenge data; the group may too
             first = open_level_array(group, path, levels[0][0]) if name != levels[0][0] else array
             encoding = LabelEncoding.from_attrs(dict(array.attrs), dict(first.attrs), dict(group.attrs))
-            return ScaleLevel(array, level_scale, translation, f"{path}/{name}", encoding)
+            fs, fs_path = url_filesystem(f"{path}/{name}", storage_options)
+            return ScaleLevel(array, level_scale, translation, f"{path}/{name}", encoding, chunk_reader(array, fs, fs_path, cache))
     available = ", ".join(f"{name}={list(s)}" for name, s, _ in levels)
     raise DataError(f"{path}: no level at scale {list(wanted)} nm (available: {available})")
 

@@ -97,3 +97,21 @@ def test_corrupt_chunk_in_a_worker_is_one_line_naming_the_file(demo_root, tmp_pa
             pass
     message = str(info.value)
     assert "\n" not in message and message.startswith(str(raw_s0) + "/") and "corrupt or unreadable chunk" in message
+
+
+@pytest.mark.parametrize("shape", [(1, 32, 32), (8, 16, 16)])
+def test_chunk_cache_changes_no_sample(demo_root, tmp_path, shape):
+    """Samples with the cache, with it off, and read through zarr itself are the same arrays."""
+    cached = make_data(demo_root, tmp_path, shape, chunk_cache_mb=64)
+    plain = make_data(demo_root, tmp_path, shape, chunk_cache_mb=0)
+    through_zarr = make_data(demo_root, tmp_path, shape)
+    for crop in through_zarr.train_set.crops:
+        for level in [crop.open()._raw, *crop.known]:
+            level.reader = None
+    for i in [*range(12), *range(12)]:  # the second pass is served by the cache
+        a, b, c = cached.train_set[i], plain.train_set[i], through_zarr.train_set[i]
+        for x, y, z in zip(a, b, c):
+            torch.testing.assert_close(x, y, equal_nan=True, rtol=0, atol=0)
+            torch.testing.assert_close(x, z, equal_nan=True, rtol=0, atol=0)
+    cache = cached.train_set.crops[0].cache
+    assert cache.hits > cache.misses > 0 and cache is cached.val_set.crops[0].cache

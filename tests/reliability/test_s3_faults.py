@@ -42,7 +42,9 @@ def relay(s3_endpoint, s3_demo_bucket):
 
 def s3_run(spawn, relay, bucket: str, *args: str, pause: str, budget: dict | None = None):
     """A TINY training run streaming from the bucket through the relay, paused once at `pause`."""
-    overrides = ["data=cellmap_s3", f"paths.s3_dir={bucket}", "hydra.run.dir=run", *budget_overrides(**(budget or {}))]
+    # no chunk cache: every read after the cut must go to the (absent) server
+    overrides = ["data=cellmap_s3", f"paths.s3_dir={bucket}", "hydra.run.dir=run", "data.chunk_cache_mb=0",
+                 *budget_overrides(**(budget or {}))]
     return spawn(*overrides, *args, env={"AWS_ENDPOINT_URL": relay.url, ENV: pause})
 
 

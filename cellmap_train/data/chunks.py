@@ -1,0 +1,126 @@
+"""Reading boxes of zarr v2 arrays (the CellMap format) chunk by chunk, with an optional bounded
+cache of decoded chunks.
+
+Why not `array[box]`: zarr 3's read pipeline costs about 1 ms per call plus 0.4 ms per chunk on
+top of decoding (0.2 ms for a 64^3 uint8 blosc chunk), which made a 2D sample (4 arrays x 4
+chunks) read-bound. Here the chunk files of a box are fetched in one fsspec call (concurrent
+on S3) and decoded with the array's own numcodecs codecs. Arrays this cannot read exactly
+(zarr v3, F order, object dtypes) keep going through zarr.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections import OrderedDict
+from typing import Any
+
+import numpy as np
+
+from cellmap_train.errors import ConfigError
+
+
+class ChunkCache:
+    """Least-recently-used decoded chunks of one process, at most `max_mb` MiB in all.
+    Random crops come back to the same chunks often (a 64^3 chunk holds 64 z-slices), so a
+    cache the size of the working set turns most reads into copies. 0 disables it. A worker
+    process starts with an empty cache of the same budget (never a copy of the parent's)."""
+
+    def __init__(self, max_mb: float = 0):
+        if max_mb < 0:
+            raise ConfigError(f"data.chunk_cache_mb={max_mb}: must be >= 0 (0 turns the cache off)")
+        self.max_bytes = int(max_mb * 2**20)
+        self._chunks: OrderedDict[tuple, np.ndarray] = OrderedDict()
+        self.bytes = self.hits = self.misses = 0
+
+    def __getstate__(self):
+        return {"max_bytes": self.max_bytes}
+
+    def __setstate__(self, state):
+        self.__init__(state["max_bytes"] / 2**20)
+
+    def get(self, key: tuple) -> np.ndarray | None:
+        chunk = self._chunks.get(key)
+        if chunk is None:
+            self.misses += 1
+            return None
+        self._chunks.move_to_end(key)
+        self.hits += 1
+        return chunk
+
+    def put(self, key: tuple, chunk: np.ndarray) -> None:
+        if chunk.nbytes > self.max_bytes:
+            return
+        chunk.flags.writeable = False  # shared by every later read: nobody may change it
+        self._chunks[key] = chunk
+        self.bytes += chunk.nbytes
+        while self.bytes > self.max_bytes:
+            _, dropped = self._chunks.popitem(last=False)
+            self.bytes -= dropped.nbytes
+
+
+def chunk_reader(array: Any, fs, fs_path: str, cache: ChunkCache | None):
+    """A V2ChunkReader for arrays it reads exactly, else None (read through zarr)."""
+    meta = getattr(array, "metadata", None)
+    if type(meta).__name__ != "ArrayV2Metadata" or meta.order != "C":
+        return None
+    dtype = np.dtype(array.dtype)
+    if dtype.hasobject or dtype.kind not in "biuf":
+        return None
+    return V2ChunkReader(array, fs, fs_path, cache)
+
+
+class V2ChunkReader:
+    def __init__(self, array: Any, fs, fs_path: str, cache: ChunkCache | None):
+        meta = array.metadata
+        self.shape, self.chunks = tuple(array.shape), tuple(meta.chunks)
+        self.dtype = np.dtype(array.dtype)
+        self.fill = np.array(0 if meta.fill_value is None else meta.fill_value).astype(self.dtype)
+        self.codecs = [*(meta.filters or ()), *([meta.compressor] if meta.compressor is not None else [])]
+        self.encode_key = meta.encode_chunk_key
+        self.fs, self.fs_path = fs, fs_path.rstrip("/")
+        self.cache = cache if cache is not None and cache.max_bytes > 0 else None
+
+    def chunk_coords(self, src: tuple[slice, ...]) -> list[tuple[int, ...]]:
+        ranges = [range(s.start // c, (s.stop - 1) // c + 1) for s, c in zip(src, self.chunks)]
+        return list(itertools.product(*ranges))
+
+    def read(self, src: tuple[slice, ...]) -> np.ndarray:
+        """The voxels of box `src` (inside the array). Raises ChunkReadError naming the chunk."""
+        coords = self.chunk_coords(src)
+        decoded = {c: self.cache.get((self.fs_path, c)) if self.cache else None for c in coords}
+        missing = [c for c, chunk in decoded.items() if chunk is None]
+        if missing:
+            paths = {f"{self.fs_path}/{self.encode_key(c)}": c for c in missing}
+            for path, data in self.fs.cat(list(paths), on_error="return").items():
+                c = paths[path]
+                decoded[c] = self.decode(c, data)
+                if self.cache:
+                    self.cache.put((self.fs_path, c), decoded[c])
+        out = np.empty(tuple(s.stop - s.start for s in src), dtype=self.dtype)
+        for c, chunk in decoded.items():
+            lo = [max(s.start, i * n) for s, i, n in zip(src, c, self.chunks)]
+            hi = [min(s.stop, (i + 1) * n) for s, i, n in zip(src, c, self.chunks)]
+            out[tuple(slice(a - s.start, b - s.start) for a, b, s in zip(lo, hi, src))] = \
+                chunk[tuple(slice(a - i * n, b - i * n) for a, b, i, n in zip(lo, hi, c, self.chunks))]
+        return out
+
+    def decode(self, coords: tuple[int, ...], data) -> np.ndarray:
+        key = self.encode_key(coords)
+        if isinstance(data, FileNotFoundError):  # never written: the fill value, as zarr reads it
+            return np.full(self.chunks, self.fill, dtype=self.dtype)
+        if isinstance(data, BaseException):
+            raise ChunkReadError(key, data)
+        try:
+            for codec in reversed(self.codecs):
+                data = codec.decode(data)
+            return np.frombuffer(data, dtype=self.dtype).reshape(self.chunks)
+        except Exception as err:
+            raise ChunkReadError(key, err) from err
+
+
+class ChunkReadError(Exception):
+    """A chunk that could not be fetched or decoded; `key` is its name inside the array."""
+
+    def __init__(self, key: str, cause: BaseException):
+        super().__init__(f"{key}: {type(cause).__name__}: {cause}")
+        self.key, self.cause = key, cause
