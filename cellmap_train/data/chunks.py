@@ -26,8 +26,8 @@ class ChunkCache:
     process starts with an empty cache of the same budget (never a copy of the parent's)."""
 
     def __init__(self, max_mb: float = 0):
-        if max_mb < 0:
-            raise ConfigError(f"data.chunk_cache_mb={max_mb}: must be >= 0 (0 turns the cache off)")
+        if isinstance(max_mb, bool) or not isinstance(max_mb, (int, float)) or max_mb < 0:
+            raise ConfigError(f"data.chunk_cache_mb={max_mb!r}: must be a number of MiB >= 0 (0 turns the cache off)")
         self.max_bytes = int(max_mb * 2**20)
         self._chunks: OrderedDict[tuple, np.ndarray] = OrderedDict()
         self.bytes = self.hits = self.misses = 0

@@ -107,5 +107,6 @@ def test_cache_off_and_in_a_new_process(tmp_path):
     reader_for(array, tmp_path / "a", cache).read((slice(0, 8),) * 3)
     copy = pickle.loads(pickle.dumps(cache))  # what a spawned DataLoader worker gets
     assert (copy.max_bytes, copy.bytes, len(copy._chunks)) == (2**20, 0, 0)
-    with pytest.raises(ConfigError, match="data.chunk_cache_mb=-1"):
-        ChunkCache(-1)
+    for bad in (-1, "abc"):
+        with pytest.raises(ConfigError, match=f"data.chunk_cache_mb={bad!r}: must be a number"):
+            ChunkCache(bad)
