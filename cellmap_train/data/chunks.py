@@ -78,6 +78,8 @@ class V2ChunkReader:
         self.codecs = [*(meta.filters or ()), *([meta.compressor] if meta.compressor is not None else [])]
         self.encode_key = meta.encode_chunk_key
         self.fs, self.fs_path = fs, fs_path.rstrip("/")
+        # fsspec's local cat costs ~0.15 ms per file over a plain read: 2 ms of a 2D sample
+        self.local = "file" in (fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,))
         self.cache = cache if cache is not None and cache.max_bytes > 0 else None
 
     def chunk_coords(self, src: tuple[slice, ...]) -> list[tuple[int, ...]]:
@@ -91,7 +93,7 @@ class V2ChunkReader:
         missing = [c for c, chunk in decoded.items() if chunk is None]
         if missing:
             paths = {f"{self.fs_path}/{self.encode_key(c)}": c for c in missing}
-            for path, data in self.fs.cat(list(paths), on_error="return").items():
+            for path, data in self.fetch(list(paths)).items():
                 c = paths[path]
                 decoded[c] = self.decode(c, data)
                 if self.cache:
@@ -102,6 +104,19 @@ class V2ChunkReader:
             hi = [min(s.stop, (i + 1) * n) for s, i, n in zip(src, c, self.chunks)]
             out[tuple(slice(a - s.start, b - s.start) for a, b, s in zip(lo, hi, src))] = \
                 chunk[tuple(slice(a - i * n, b - i * n) for a, b, i, n in zip(lo, hi, c, self.chunks))]
+        return out
+
+    def fetch(self, paths: list[str]) -> dict[str, Any]:
+        """Chunk file bytes by path, or the exception reading it raised."""
+        if not self.local:
+            return self.fs.cat(paths, on_error="return")
+        out: dict[str, Any] = {}
+        for path in paths:
+            try:
+                with open(path, "rb") as handle:
+                    out[path] = handle.read()
+            except OSError as err:
+                out[path] = err
         return out
 
     def decode(self, coords: tuple[int, ...], data) -> np.ndarray:
