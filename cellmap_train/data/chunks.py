@@ -3,8 +3,9 @@ cache of decoded chunks.
 
 Why not `array[box]`: zarr 3's read pipeline costs about 1 ms per call plus 0.4 ms per chunk on
 top of decoding (0.2 ms for a 64^3 uint8 blosc chunk), which made a 2D sample (4 arrays x 4
-chunks) read-bound. Here the chunk files of a box are fetched in one fsspec call (concurrent
-on S3) and decoded with the array's own numcodecs codecs. Arrays this cannot read exactly
+chunks) read-bound. Here the chunk files of a box are fetched in one fsspec call on S3 (the
+requests run concurrently) or read as plain files locally, and decoded with the array's own
+numcodecs codecs. Arrays this cannot read exactly
 (zarr v3, F order, object dtypes) keep going through zarr.
 """
 
