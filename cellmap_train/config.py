@@ -8,7 +8,7 @@ import os
 from datetime import datetime
 from pathlib import Path
 
-from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
 from cellmap_train.errors import ConfigError
 
@@ -65,25 +65,3 @@ def check_shorthands(cfg: DictConfig) -> None:
     classes = cfg.get("classes")
     if not classes or not all(isinstance(c, str) and c for c in classes):
         raise ConfigError(f"classes={OmegaConf.to_container(classes) if classes is not None else None}: must be a non-empty list of class names")
-    for key in ("input_array_info", "target_array_info"):
-        if key in cfg:
-            _check_array_info(key, cfg[key])
-
-
-def _numbers(value, kind: type) -> bool:
-    return all(isinstance(v, kind) and not isinstance(v, bool) and v > 0 for v in value)
-
-
-def _check_array_info(key: str, info) -> None:
-    """{shape: [D,H,W] or [1,H,W] or [H,W] voxels, scale: nm per voxel, [z,y,x] or [y,x]}."""
-    if not isinstance(info, DictConfig) or "shape" not in info or "scale" not in info:
-        raise ConfigError(f"{key}={_plain(info)}: must be {{shape: [D,H,W], scale: [z,y,x]}}")
-    shape, scale = info.shape, info.scale
-    if not OmegaConf.is_list(shape) or len(shape) not in (2, 3) or not _numbers(shape, int):
-        raise ConfigError(f"{key}.shape={_plain(shape)}: must be 2 or 3 voxel counts >= 1, e.g. [1,128,128] or [64,64,64]")
-    if not OmegaConf.is_list(scale) or len(scale) not in (2, 3) or not _numbers(scale, numbers.Real):
-        raise ConfigError(f"{key}.scale={_plain(scale)}: must be positive voxel sizes in nm, e.g. [8,8,8]")
-
-
-def _plain(value):
-    return OmegaConf.to_container(value) if isinstance(value, (DictConfig, ListConfig)) else value

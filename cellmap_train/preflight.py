@@ -7,12 +7,17 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
+from cellmap_train.data.dataset import ArrayInfo
 from cellmap_train.engine.checkpoint import epoch_files
 from cellmap_train.errors import ConfigError
 
 
 def check_model_shape(cfg: DictConfig) -> None:
-    """A 2D model trains on [1,H,W] (or [H,W]) samples, a 3D model on [D,H,W] with D > 1."""
+    """Sample shapes and scales are well-formed; a 2D model trains on [1,H,W] (or [H,W]) samples,
+    a 3D model on [D,H,W] with D > 1."""
+    for key in ("input_array_info", "target_array_info"):
+        if key in cfg:
+            ArrayInfo.parse(cfg[key], key)  # shape and scale well-formed, or one line naming the key
     dims = cfg.model.get("spatial_dims") if "model" in cfg else None
     shape = list(cfg.input_array_info.shape)
     if dims not in (2, 3):  # null: the model follows the shape (ViT-V-Net), or a custom model

@@ -8,10 +8,11 @@ lazily in each process, so DataLoader workers never share file handles or S3 ses
 from __future__ import annotations
 
 import math
+import numbers
 import os
 from dataclasses import dataclass
 from itertools import zip_longest
-from typing import Iterator, Sequence
+from typing import Iterator, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -21,7 +22,7 @@ from cellmap_train.data.chunks import ChunkCache
 from cellmap_train.data.datasplit import CropEntry
 from cellmap_train.data.ngff import ScaleLevel, coarsest_level, open_level
 from cellmap_train.data.transforms import SampleTransforms
-from cellmap_train.errors import DataError
+from cellmap_train.errors import ConfigError, DataError
 
 
 @dataclass(frozen=True)
@@ -31,13 +32,20 @@ class ArrayInfo:
 
     @classmethod
     def parse(cls, info, what: str) -> "ArrayInfo":
-        shape, scale = tuple(int(s) for s in info["shape"]), tuple(float(s) for s in info["scale"])
+        """{shape: [D,H,W] or [1,H,W] or [H,W] voxels, scale: nm per voxel, [z,y,x] or [y,x]};
+        the preflight checks the config with this too, so a bad value fails before any data."""
+        if not isinstance(info, Mapping) or "shape" not in info or "scale" not in info:
+            raise ConfigError(f"{what}={info}: must be {{shape: [D,H,W], scale: [z,y,x]}}")
+        shape, scale = info["shape"], info["scale"]
+        if not _positive_numbers(shape, numbers.Integral):
+            raise ConfigError(f"{what}.shape={_listed(shape)}: must be 2 or 3 voxel counts >= 1, e.g. [1,128,128] or [64,64,64]")
+        if not _positive_numbers(scale, numbers.Real):
+            raise ConfigError(f"{what}.scale={_listed(scale)}: must be positive voxel sizes in nm, e.g. [8,8,8]")
+        shape, scale = tuple(int(s) for s in shape), tuple(float(s) for s in scale)
         if len(shape) == 2:  # the challenge also spells 2D as (H, W)
             shape = (1, *shape)
         if len(scale) == 2:
             scale = (scale[0], *scale)
-        if len(shape) != 3 or len(scale) != 3 or min(shape) < 1 or min(scale) <= 0:
-            raise DataError(f"{what}: shape must have 2 or 3 positive sizes and scale 2 or 3 positive voxel sizes, got {dict(info)}")
         return cls(shape, scale)
 
     @property
@@ -47,6 +55,16 @@ class ArrayInfo:
     @property
     def is_2d(self) -> bool:
         return self.shape[0] == 1
+
+
+def _positive_numbers(values, kind: type) -> bool:
+    """2 or 3 numbers of `kind`, all > 0 (bools are not numbers here)."""
+    return (isinstance(values, Sequence) and not isinstance(values, str) and len(values) in (2, 3)
+            and all(isinstance(v, kind) and not isinstance(v, bool) and v > 0 for v in values))
+
+
+def _listed(values):
+    return list(values) if isinstance(values, Sequence) and not isinstance(values, str) else values
 
 
 class Crop:

@@ -7,7 +7,6 @@ World coordinates are nm, axes z/y/x; a level's `translation` is the centre of i
 
 from __future__ import annotations
 
-import itertools
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Iterator, Sequence
@@ -16,7 +15,7 @@ import fsspec
 import numpy as np
 import zarr
 
-from cellmap_train.data.chunks import ChunkCache, ChunkReadError, chunk_reader
+from cellmap_train.data.chunks import ChunkCache, ChunkReadError, chunk_coords, chunk_reader
 from cellmap_train.errors import DataError
 
 
@@ -159,8 +158,7 @@ class ScaleLevel:
             return f"{where}: {unreachable_message(cause)}"
         if isinstance(cause, PermissionError):
             return f"{where}: access denied ({cause})"
-        first = str(cause).strip().splitlines()[0] if str(cause).strip() else ""
-        return f"{where}: corrupt or unreadable chunk ({type(cause).__name__}: {first})"
+        return f"{where}: corrupt or unreadable chunk ({_reason(cause)})"
 
     def _chunk_names(self, src: tuple[slice, ...]) -> str:
         """`<path>/<key>` of the chunk a box covers, or `<path>/<first key>..<last key>`."""
@@ -178,20 +176,23 @@ class ScaleLevel:
 
     def _describe_read_error(self, src: tuple[slice, ...], err: Exception) -> str:
         """One line naming the chunk file that fails to decode (found by reading chunk by chunk)."""
-        reason = f"{type(err).__name__}: {str(err).strip().splitlines()[0] if str(err).strip() else ''}"
         chunks = getattr(self.array, "chunks", None)
         if chunks is None:
-            return f"{self.path}: cannot read voxels {src} ({reason})"
-        ranges = [range(s.start // c, (s.stop - 1) // c + 1) for s, c in zip(src, chunks)]
-        for coords in itertools.product(*ranges):
+            return f"{self.path}: cannot read voxels {src} ({_reason(err)})"
+        for coords in chunk_coords(src, chunks):
             box = tuple(slice(i * c, min((i + 1) * c, n)) for i, c, n in zip(coords, chunks, self.shape))
             try:
                 self.array[box]
             except Exception as chunk_err:
                 key = self.array.metadata.encode_chunk_key(coords)
-                first = str(chunk_err).strip().splitlines()[0] if str(chunk_err).strip() else ""
-                return f"{self.path}/{key}: corrupt or unreadable chunk ({type(chunk_err).__name__}: {first})"
-        return f"{self.path}: cannot read voxels {src} ({reason})"
+                return f"{self.path}/{key}: corrupt or unreadable chunk ({_reason(chunk_err)})"
+        return f"{self.path}: cannot read voxels {src} ({_reason(err)})"
+
+
+def _reason(err: BaseException) -> str:
+    """`<ErrorType>: <first line of its message>`."""
+    text = str(err).strip()
+    return f"{type(err).__name__}: {text.splitlines()[0] if text else ''}"
 
 
 def _transforms(entry: dict, where: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
