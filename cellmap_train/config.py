@@ -8,7 +8,7 @@ import os
 from datetime import datetime
 from pathlib import Path
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from cellmap_train.errors import ConfigError
 
@@ -63,5 +63,6 @@ def check_shorthands(cfg: DictConfig) -> None:
         if isinstance(value, bool) and bool not in types or not isinstance(value, types) or not ok(value):
             raise ConfigError(f"{key}={value!r}: must be {expected}")
     classes = cfg.get("classes")
-    if not classes or not all(isinstance(c, str) and c for c in classes):
-        raise ConfigError(f"classes={OmegaConf.to_container(classes) if classes is not None else None}: must be a non-empty list of class names")
+    if not isinstance(classes, ListConfig) or not classes or not all(isinstance(c, str) and c for c in classes):
+        shown = OmegaConf.to_container(classes) if isinstance(classes, ListConfig) else classes
+        raise ConfigError(f"classes={shown!r}: must be a non-empty list of class names, e.g. classes=[nuc,mito]")

@@ -91,8 +91,12 @@ class V2ChunkReader:
 
     def read(self, src: tuple[slice, ...]) -> np.ndarray:
         """The voxels of box `src` (inside the array). Raises ChunkReadError naming the chunk."""
-        coords = chunk_coords(src, self.chunks)
-        decoded = {c: self.cache.get((self.fs_path, c)) if self.cache else None for c in coords}
+        # per axis: (chunk index, where its part lands in the box, which part of the chunk)
+        axes = [[(i, slice(max(s.start, i * n) - s.start, min(s.stop, (i + 1) * n) - s.start),
+                  slice(max(s.start, i * n) - i * n, min(s.stop, (i + 1) * n) - i * n))
+                 for i in range(s.start // n, (s.stop - 1) // n + 1)] for s, n in zip(src, self.chunks)]
+        pieces = [tuple(zip(*combo)) for combo in itertools.product(*axes)]  # (coords, dst, src) per chunk
+        decoded = {coords: self.cache.get((self.fs_path, coords)) if self.cache else None for coords, _, _ in pieces}
         missing = [c for c, chunk in decoded.items() if chunk is None]
         if missing:
             paths = {f"{self.fs_path}/{self.encode_key(c)}": c for c in missing}
@@ -102,11 +106,8 @@ class V2ChunkReader:
                 if self.cache:
                     self.cache.put((self.fs_path, c), decoded[c])
         out = np.empty(tuple(s.stop - s.start for s in src), dtype=self.dtype)
-        for c, chunk in decoded.items():
-            lo = [max(s.start, i * n) for s, i, n in zip(src, c, self.chunks)]
-            hi = [min(s.stop, (i + 1) * n) for s, i, n in zip(src, c, self.chunks)]
-            out[tuple(slice(a - s.start, b - s.start) for a, b, s in zip(lo, hi, src))] = \
-                chunk[tuple(slice(a - i * n, b - i * n) for a, b, i, n in zip(lo, hi, c, self.chunks))]
+        for coords, dst, part in pieces:
+            out[dst] = decoded[coords][part]
         return out
 
     def fetch(self, paths: list[str]) -> dict[str, Any]:

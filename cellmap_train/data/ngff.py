@@ -113,43 +113,56 @@ class ScaleLevel:
     encoding: LabelEncoding = LabelEncoding()
     reader: Any = None  # a chunks.V2ChunkReader, else reads go through zarr
 
+    def __post_init__(self):  # numpy copies of the geometry, used on every read
+        self._scale = np.asarray(self.scale, dtype=float)
+        self._translation = np.asarray(self.translation, dtype=float)
+        self._shape = np.asarray(self.array.shape, dtype=int)
+
     @property
     def shape(self) -> tuple[int, ...]:
         return tuple(self.array.shape)
 
     def world_bounds(self) -> tuple[np.ndarray, np.ndarray]:
         """World coordinates of the low and high voxel *edges* (voxel centres sit at translation)."""
-        scale = np.asarray(self.scale, dtype=float)
-        low = np.asarray(self.translation, dtype=float) - scale / 2
-        return low, low + np.asarray(self.shape) * scale
+        low = self._translation - self._scale / 2
+        return low, low + self._shape * self._scale
 
     def voxel_index(self, world: Sequence[float]) -> np.ndarray:
         """Index of the voxel whose centre is nearest to the world point."""
-        offset = np.asarray(world, dtype=float) - np.asarray(self.translation, dtype=float)
-        return np.round(offset / np.asarray(self.scale, dtype=float)).astype(int)
+        return np.round((np.asarray(world, dtype=float) - self._translation) / self._scale).astype(int)
 
     def read(self, world_low: Sequence[float], shape: Sequence[int], fill: float = 0) -> np.ndarray:
         """Read `shape` voxels whose first voxel edge is at `world_low`; outside the array is `fill`.
 
         `world_low` is snapped to this level's voxel grid, so callers get exactly `shape` voxels.
         """
-        start = self.voxel_index(np.asarray(world_low, dtype=float) + np.asarray(self.scale) / 2)
-        stop = start + np.asarray(shape, dtype=int)
-        src_lo, src_hi = np.maximum(start, 0), np.minimum(stop, self.shape)
         dtype = np.result_type(self.array.dtype, np.float32) if np.isnan(fill) else self.array.dtype
-        out = np.full(tuple(shape), fill, dtype=dtype)
+        return self._read_box(world_low, shape, fill, dtype, lambda values: values)
+
+    def read_labels(self, world_low: Sequence[float], shape: Sequence[int]) -> np.ndarray:
+        """float32 class values (0/1, NaN = unknown or outside the crop)."""
+        return self._read_box(world_low, shape, np.nan, np.float32, self.encoding.decode)
+
+    def _read_box(self, world_low, shape, fill, dtype, convert) -> np.ndarray:
+        """`convert(voxels)` of the part of the box inside the array, padded with `fill`."""
+        start = self.voxel_index(np.asarray(world_low, dtype=float) + self._scale / 2)
+        stop = start + np.asarray(shape, dtype=int)
+        src_lo, src_hi = np.maximum(start, 0), np.minimum(stop, self._shape)
         if np.any(src_hi <= src_lo):
-            return out
+            return np.full(tuple(shape), fill, dtype=dtype)
         src = tuple(slice(int(a), int(b)) for a, b in zip(src_lo, src_hi))
-        dst = tuple(slice(int(a - s), int(b - s)) for a, b, s in zip(src_lo, src_hi, start))
         try:
-            out[dst] = self.reader.read(src) if self.reader is not None else self.array[src]
+            values = convert(self.reader.read(src) if self.reader is not None else self.array[src])
         except ChunkReadError as err:
             raise DataError(self._describe_chunk_error(err)) from err
         except Exception as err:
             if _unreachable(err):  # the store, not the chunk, is at fault: no chunk-by-chunk probing
                 raise DataError(f"{self._chunk_names(src)}: {unreachable_message(err)}") from err
             raise DataError(self._describe_read_error(src, err)) from err
+        if values.shape == tuple(shape) and values.dtype == dtype:  # all inside: no padding copy
+            return values
+        out = np.full(tuple(shape), fill, dtype=dtype)
+        out[tuple(slice(int(a - s), int(b - s)) for a, b, s in zip(src_lo, src_hi, start))] = values
         return out
 
     def _describe_chunk_error(self, err: ChunkReadError) -> str:
@@ -169,10 +182,6 @@ class ScaleLevel:
         last = tuple((s.stop - 1) // c for s, c in zip(src, chunks))
         keys = [self.array.metadata.encode_chunk_key(coords) for coords in dict.fromkeys((first, last))]
         return f"{self.path}/{'..'.join(keys)}"
-
-    def read_labels(self, world_low: Sequence[float], shape: Sequence[int]) -> np.ndarray:
-        """float32 class values (0/1, NaN = unknown or outside the crop)."""
-        return self.encoding.decode(self.read(world_low, shape, fill=np.nan))
 
     def _describe_read_error(self, src: tuple[slice, ...], err: Exception) -> str:
         """One line naming the chunk file that fails to decode (found by reading chunk by chunk)."""

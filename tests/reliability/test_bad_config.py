@@ -29,6 +29,8 @@ CASES = {
     "scale_not_numbers": (["input_array_info.scale=[a,b,c]"], "input_array_info.scale=['a', 'b', 'c']: must be positive"),
     "array_info_not_a_dict": (["input_array_info=5"], "input_array_info=5: must be {shape: [D,H,W], scale: [z,y,x]}"),
     "device_a_float": (["device=1.5"], "device=1.5: not a device; use null, cpu, cuda, cuda:N or mps"),
+    "classes_a_number": (["classes=4"], "classes=4: must be a non-empty list of class names"),
+    "classes_empty": (["classes=[]"], "classes=[]: must be a non-empty list of class names"),
 }
 
 
