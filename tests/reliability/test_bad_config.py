@@ -31,6 +31,7 @@ CASES = {
     "device_a_float": (["device=1.5"], "device=1.5: not a device; use null, cpu, cuda, cuda:N or mps"),
     "classes_a_number": (["classes=4"], "classes=4: must be a non-empty list of class names"),
     "classes_empty": (["classes=[]"], "classes=[]: must be a non-empty list of class names"),
+    "model_kwargs_a_number": (["model_kwargs=10"], "model_kwargs=10: must be a mapping of model arguments"),
 }
 
 

@@ -11,7 +11,9 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 from faults import error_line
 
 KEYS = ["lr", "batch_size", "epochs", "seed", "validation_prob", "load_model", "model", "optimizer", "scheduler",
-        "loss", "trainer.amp", "classes", "input_array_info.shape", "nope", "trainer.keep_last", "device"]
+        "loss", "trainer.amp", "classes", "input_array_info.shape", "nope", "trainer.keep_last", "device",
+        "model_kwargs", "iterations_per_epoch", "data.chunk_cache_mb", "trainer.max_grad_norm",
+        "transforms.train.spatial.rotate"]
 VALUES = st.one_of(st.integers(-3, 1000).map(str), st.floats(allow_nan=True, allow_infinity=True).map(str),
                    st.sampled_from(["abc", "null", "[1,2]", "[nuc]", "[]", "latest", "2d_unet", "3d_unet", "adamw",
                                     "[1,64,64]", "${lr}", "'x'", "{a: 1}", "", "[", "true"]),
