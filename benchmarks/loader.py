@@ -5,7 +5,7 @@
 Prints, side by side in one run: samples/s for 1x128x128 and 128^3 random crops with the
 default spatial transforms (mirror x,y; transpose x,y; rotate about z) and value transforms,
 for both loaders (ours with its decoded-chunk cache off and on) and their ratios; then the
-peak RSS of a training process (2 workers, default settings) on 8 vs 80 crops. The data (demo layout, 8 crops of 256^3 voxels) is generated once into --data-dir.
+peak RSS of a training process (2 workers) on 8 vs 80 crops, chunk cache off (the local default) and at 64 MiB. The data (demo layout, 8 crops of 256^3 voxels) is generated once into --data-dir.
 cellmap-data pins zarr 2, so it runs in a separate interpreter (its own venv), never imported here.
 """
 
@@ -126,11 +126,12 @@ def tree_memory_bytes(pid: int) -> tuple[int, int]:
     return rss, pss
 
 
-def training_peak_rss(root: Path, iterations: int) -> dict:
+def training_peak_rss(root: Path, iterations: int, cache_mb: float) -> dict:
     """Peak RSS (main + 2 workers) of `python -m cellmap_train` training on `root`."""
     with tempfile.TemporaryDirectory() as run_dir:
         cmd = [sys.executable, "-m", "cellmap_train", "experiment=demo", "data=cellmap", f"paths.data_dir={root}",
-               "data.dataloader_kwargs.num_workers=2", "epochs=2", f"iterations_per_epoch={iterations}",
+               "data.dataloader_kwargs.num_workers=2", f"data.chunk_cache_mb={cache_mb:g}", "epochs=2",
+               f"iterations_per_epoch={iterations}",
                "validation_batch_limit=4", "trainer.progress_bar=false", f"hydra.run.dir={run_dir}"]
         proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         samples = []
@@ -179,12 +180,14 @@ def main() -> None:
             print(f"{row} {theirs:>13}")
     if args.skip_rss:
         return
-    print("peak memory of training (experiment=demo, 2 workers; main + workers summed)")
-    for crops in (8, 80):
-        root = ensure_data(args.data_dir / f"crops{crops}-64x128x128", crops, (64, 128, 128), (96, 320, 320))
-        rss = training_peak_rss(root, iterations=40)
-        print(f"{crops:>3} crops: PSS {rss['pss_gib']:.2f} GiB (first half of the run {rss['pss_first_half_gib']:.2f}, "
-              f"second half {rss['pss_second_half_gib']:.2f}); RSS {rss['rss_gib']:.2f} GiB")
+    print("peak memory of training (experiment=demo data=cellmap, 2 workers; main + workers summed)")
+    # 0 = the local default; 64 MiB = what experiment=demo sets (per process, so up to 3x that)
+    for cache_mb in (0, 64):
+        for crops in (8, 80):
+            root = ensure_data(args.data_dir / f"crops{crops}-64x128x128", crops, (64, 128, 128), (96, 320, 320))
+            rss = training_peak_rss(root, iterations=40, cache_mb=cache_mb)
+            print(f"chunk cache {cache_mb:>2g} MiB, {crops:>2} crops: PSS {rss['pss_gib']:.2f} GiB (first half of the run "
+                  f"{rss['pss_first_half_gib']:.2f}, second half {rss['pss_second_half_gib']:.2f}); RSS {rss['rss_gib']:.2f} GiB")
 
 
 if __name__ == "__main__":
