@@ -6,7 +6,10 @@
 2. How long from process start to the first optimizer step, beyond importing torch?
    (`python -m cellmap_train experiment=demo` in a fresh run folder.) Target: <= 3 s.
 
-    python benchmarks/engine.py [--steps 25] [--warmup 5] [--starts 3] [overrides...]
+    python benchmarks/engine.py [--steps 25] [--warmup 5] [--starts 3] [--device cuda] [--amp bf16] [overrides...]
+
+On a GPU, `--device cuda --amp bf16` times the step as the loop runs it there (batches copied
+with non_blocking from pinned memory, autocast, a loss read back every step).
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 
 from cellmap_train.config import config_dir
+from cellmap_train.engine.settings import pick_device
 
 REPO = Path(__file__).resolve().parents[1]
 OVERRIDES = ["experiment=demo", "model=2d_unet", "batch_size=8"]
@@ -44,35 +48,48 @@ def build(run_dir: Path, overrides: list[str]):
     return model, optimizer, instantiate(cfg.loss), data
 
 
-def timed_steps(model, optimizer, criterion, batches, steps: int) -> float:
-    """Seconds for `steps` optimizer steps (the loop's step without AMP or clipping)."""
+AMP = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def timed_steps(model, optimizer, criterion, batches, steps: int, device: torch.device, amp: str | None) -> float:
+    """Seconds for `steps` optimizer steps: the loop's step (device copy, autocast, backward,
+    optimizer, loss read back) without clipping or accumulation."""
+    autocast = torch.autocast(device.type, dtype=AMP[amp], enabled=amp is not None)
+    scaler = torch.amp.GradScaler(device.type, enabled=amp == "fp16")
     start = time.perf_counter()
     for _ in range(steps):
         raw, target = next(batches)
-        loss = criterion(model(raw).float(), target)
-        loss.backward()
-        optimizer.step()
+        raw, target = raw.to(device, non_blocking=True), target.to(device, non_blocking=True)
+        with autocast:
+            loss = criterion(model(raw).float(), target)
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
         optimizer.zero_grad(set_to_none=True)
         loss.item()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
     return time.perf_counter() - start
 
 
-def loader_vs_preloaded(steps: int, warmup: int, overrides: list[str]) -> None:
+def loader_vs_preloaded(steps: int, warmup: int, overrides: list[str], device: torch.device, amp: str | None) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         model, optimizer, criterion, data = build(Path(tmp), overrides)
-        model.train()
+        model.to(device).train()
+        criterion = criterion.to(device) if isinstance(criterion, torch.nn.Module) else criterion
         stream = iter(data.train_loader())
-        timed_steps(model, optimizer, criterion, stream, warmup)  # workers started, caches warm
+        timed_steps(model, optimizer, criterion, stream, warmup, device, amp)  # workers started, caches warm
+        # pre-loaded = already where the loader's batches come from (pinned host memory on CUDA)
         preloaded = [next(stream) for _ in range(steps)]
         # alternate the two, twice, so a load change on the shared machine hits both alike
         loader_s = preloaded_s = 0.0
         for _ in range(2):
-            loader_s += timed_steps(model, optimizer, criterion, stream, steps)
-            preloaded_s += timed_steps(model, optimizer, criterion, iter(preloaded), steps)
+            loader_s += timed_steps(model, optimizer, criterion, stream, steps, device, amp)
+            preloaded_s += timed_steps(model, optimizer, criterion, iter(preloaded), steps, device, amp)
     n = 2 * steps
     print(f"model: {type(model).__name__} {sum(p.numel() for p in model.parameters()) / 1e6:.2f} M parameters, "
-          f"batch {data.batch_size}, input {list(data.input_info.shape)}, {torch.get_num_threads()} torch threads, "
-          f"loader kwargs {data.dataloader_kwargs}")
+          f"batch {data.batch_size}, input {list(data.input_info.shape)}, device {device}, amp {amp}, "
+          f"{torch.get_num_threads()} torch threads, loader kwargs {data.dataloader_kwargs}")
     print(f"real loader   : {n / loader_s:7.2f} it/s  ({n} steps, {loader_s:.1f} s)")
     print(f"pre-loaded    : {n / preloaded_s:7.2f} it/s  ({n} steps, {preloaded_s:.1f} s)")
     print(f"ratio loader/pre-loaded: {preloaded_s / loader_s:.3f}  (target >= 0.95)")
@@ -119,14 +136,20 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=25, help="timed steps per variant and round (0: skip)")
     parser.add_argument("--warmup", type=int, default=5)
-    parser.add_argument("--starts", type=int, default=3)
+    parser.add_argument("--starts", type=int, default=3, help="process starts to time (0: skip)")
+    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:N or mps (default: what the loop picks)")
+    parser.add_argument("--amp", choices=sorted(AMP), default=None, help="autocast dtype (default: float32)")
     parser.add_argument("overrides", nargs="*", help="Hydra overrides added after " + " ".join(OVERRIDES))
     args = parser.parse_args()
     overrides = [*OVERRIDES, *args.overrides]
-    print(f"cellmap_train engine benchmark: torch {torch.__version__}, {os.cpu_count()} CPUs, overrides {overrides}")
+    device = pick_device(args.device)
+    gpu = f", {torch.cuda.get_device_name(device)}" if device.type == "cuda" else ""
+    print(f"cellmap_train engine benchmark: torch {torch.__version__}, {os.cpu_count()} CPUs{gpu}, overrides {overrides}")
     if args.steps:
-        loader_vs_preloaded(args.steps, args.warmup, overrides)
-    start_to_first_step(args.starts, overrides)
+        loader_vs_preloaded(args.steps, args.warmup, overrides, device, args.amp)
+    if args.starts:
+        start_to_first_step(args.starts, [*overrides, *([f"device={args.device}"] if args.device else []),
+                                          *([f"trainer.amp={args.amp}"] if args.amp else [])])
 
 
 if __name__ == "__main__":

@@ -1,0 +1,22 @@
+"""The benchmark scripts stay runnable (they are not timed here: their figures live in
+benchmarks/RESULTS.md). A tiny engine benchmark with AMP, as a GPU session would run it."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_engine_benchmark_runs_with_amp(demo_cache, tmp_path):
+    env = {**os.environ, "CELLMAP_TRAIN_DEMO_DIR": str(demo_cache)}
+    proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "engine.py"), "--steps", "2", "--warmup", "1",
+                           "--starts", "1", "--device", "cpu", "--amp", "bf16"],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "device cpu, amp bf16" in proc.stdout
+    assert "ratio loader/pre-loaded:" in proc.stdout
+    assert "process start -> first optimizer step:" in proc.stdout
