@@ -15,6 +15,7 @@ with non_blocking from pinned memory, autocast, a loss read back every step).
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
 import statistics
 import subprocess
@@ -29,6 +30,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 
 from cellmap_train.config import config_dir
+from cellmap_train.engine.prefetch import DeviceBatches
 from cellmap_train.engine.settings import pick_device
 
 REPO = Path(__file__).resolve().parents[1]
@@ -52,21 +54,22 @@ AMP = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def timed_steps(model, optimizer, criterion, batches, steps: int, device: torch.device, amp: str | None) -> float:
-    """Seconds for `steps` optimizer steps: the loop's step (device copy, autocast, backward,
-    optimizer, loss read back) without clipping or accumulation."""
-    autocast = torch.autocast(device.type, dtype=AMP[amp], enabled=amp is not None)
+    """Seconds for `steps` optimizer steps: the loop's step (device copy one batch ahead,
+    autocast, backward, loss read back, optimizer) without clipping or accumulation."""
+    autocast = torch.autocast(device.type, dtype=AMP.get(amp, torch.bfloat16), enabled=amp is not None)
     scaler = torch.amp.GradScaler(device.type, enabled=amp == "fp16")
+    batches = DeviceBatches(batches, device)
     start = time.perf_counter()
     for _ in range(steps):
         raw, target = next(batches)
-        raw, target = raw.to(device, non_blocking=True), target.to(device, non_blocking=True)
         with autocast:
             loss = criterion(model(raw).float(), target)
         scaler.scale(loss).backward()
+        batches.prefetch()  # as the loop does: the next batch is fetched while the device computes
+        loss.item()
         scaler.step(optimizer)
         scaler.update()
         optimizer.zero_grad(set_to_none=True)
-        loss.item()
     if device.type == "cuda":
         torch.cuda.synchronize()
     return time.perf_counter() - start
@@ -85,7 +88,7 @@ def loader_vs_preloaded(steps: int, warmup: int, overrides: list[str], device: t
         loader_s = preloaded_s = 0.0
         for _ in range(2):
             loader_s += timed_steps(model, optimizer, criterion, stream, steps, device, amp)
-            preloaded_s += timed_steps(model, optimizer, criterion, iter(preloaded), steps, device, amp)
+            preloaded_s += timed_steps(model, optimizer, criterion, itertools.cycle(preloaded), steps, device, amp)
     n = 2 * steps
     print(f"model: {type(model).__name__} {sum(p.numel() for p in model.parameters()) / 1e6:.2f} M parameters, "
           f"batch {data.batch_size}, input {list(data.input_info.shape)}, device {device}, amp {amp}, "

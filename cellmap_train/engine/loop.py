@@ -29,6 +29,7 @@ from cellmap_train.engine.checkpoint import (
 )
 from cellmap_train.engine.interrupt import StopRequest, TrainingInterrupted
 from cellmap_train.engine.pause_hook import pause_point
+from cellmap_train.engine.prefetch import DeviceBatches
 from cellmap_train.engine.progress import Progress
 from cellmap_train.engine.settings import TrainSettings, pick_device, seed_everything
 from cellmap_train.engine.validate import validate
@@ -116,8 +117,8 @@ def _fit(settings: TrainSettings, model: torch.nn.Module, optimizer: torch.optim
     if start_epoch >= settings.epochs:
         print(f"Nothing to train: the checkpoint is at epoch {start_epoch} and epochs={settings.epochs}.")
 
-    batches = iter(data.train_loader(start_sample=step * accumulate * data.batch_size, rank=info.rank,
-                                     world_size=info.world_size))
+    batches = DeviceBatches(data.train_loader(start_sample=step * accumulate * data.batch_size, rank=info.rank,
+                                              world_size=info.world_size), device)
     val_loader = data.val_loader()
     if resumed is not None:  # after the loader took its seed, so the RNG continues where it stopped
         load_training_state(resumed[0], resumed[1], optimizer, scheduler, scaler)
@@ -136,11 +137,11 @@ def _fit(settings: TrainSettings, model: torch.nn.Module, optimizer: torch.optim
             step_loss = 0.0
             for micro in range(accumulate):
                 raw, target = next(batches)
-                raw, target = raw.to(device, non_blocking=True), target.to(device, non_blocking=True)
                 with distributed.no_sync(train_model, last_micro_batch=micro == accumulate - 1):
                     with autocast:
                         loss = criterion(train_model(raw).float(), target) / accumulate
                     scaler.scale(loss).backward()
+                batches.prefetch()  # while the device works on this micro-batch
                 step_loss += loss.item()
             step_loss = distributed.mean_across_ranks(step_loss, info, device)
             pause_point("step")

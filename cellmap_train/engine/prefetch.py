@@ -1,0 +1,33 @@
+"""Training batches on the device, fetched one step ahead."""
+
+from __future__ import annotations
+
+from typing import Iterable, Iterator
+
+import torch
+
+
+class DeviceBatches:
+    """`next()` gives the next (raw, target) on `device`; `prefetch()` takes the following one
+    from the loader and starts its copy. The loop calls `prefetch()` once a micro-batch's
+    forward and backward are queued and before it reads the loss back, so on a GPU the host
+    waits on the DataLoader (a few ms per batch to receive it from a worker) while the device
+    computes, not between steps while the device idles. On a CPU the order changes nothing."""
+
+    def __init__(self, batches: Iterable, device: torch.device):
+        self.batches: Iterator = iter(batches)
+        self.device = device
+        self.ready: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def prefetch(self) -> None:
+        if self.ready is None:
+            raw, target = next(self.batches)
+            self.ready = raw.to(self.device, non_blocking=True), target.to(self.device, non_blocking=True)
+
+    def __iter__(self) -> "DeviceBatches":
+        return self
+
+    def __next__(self) -> tuple[torch.Tensor, torch.Tensor]:
+        self.prefetch()
+        batch, self.ready = self.ready, None
+        return batch

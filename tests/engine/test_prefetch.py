@@ -1,0 +1,46 @@
+"""DeviceBatches: the loop's one-ahead fetch keeps the order of the stream and loses nothing."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from cellmap_train.engine.prefetch import DeviceBatches
+
+
+def stream(n: int):
+    for i in range(n):
+        yield torch.full((1,), float(i)), torch.full((1,), -float(i))
+
+
+def test_batches_come_in_stream_order_whether_prefetched_or_not():
+    batches = DeviceBatches(stream(5), torch.device("cpu"))
+    seen = [next(batches)]
+    batches.prefetch()
+    batches.prefetch()  # a second call before next() must not skip a batch
+    seen += [next(batches), next(batches)]
+    seen += list(batches)
+    assert [int(raw) for raw, _ in seen] == [0, 1, 2, 3, 4]
+    assert all(int(target) == -int(raw) for raw, target in seen)
+
+
+def test_prefetch_pulls_exactly_one_batch_ahead():
+    pulled = []
+
+    def counting():
+        for i, batch in enumerate(stream(10)):
+            pulled.append(i)
+            yield batch
+
+    batches = DeviceBatches(counting(), torch.device("cpu"))
+    next(batches)
+    assert pulled == [0]
+    batches.prefetch()
+    assert pulled == [0, 1]
+
+
+def test_the_end_of_a_finite_stream_is_stop_iteration():
+    batches = DeviceBatches(stream(1), torch.device("cpu"))
+    next(batches)
+    with pytest.raises(StopIteration):
+        batches.prefetch()
