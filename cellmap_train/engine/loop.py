@@ -3,7 +3,8 @@
     resume from a full checkpoint / initialise from weights / start fresh
     for each epoch:
         iterations_per_epoch optimizer steps, each on a fresh random batch
-        (gradient_accumulation_steps micro-batches, autocast, grad scaler, clipping, per-step scheduler)
+        (gradient_accumulation_steps micro-batches, autocast, grad scaler, clipping, per-step scheduler;
+         the next batch is fetched while the device computes this one)
         validate -> per-epoch scheduler -> best metric -> TensorBoard -> checkpoint -> prune -> early stop
 
 Everything arrives as plain objects (no Hydra here), so `fit` can be called from a notebook.
