@@ -159,7 +159,8 @@ class ScaleLevel:
             if _unreachable(err):  # the store, not the chunk, is at fault: no chunk-by-chunk probing
                 raise DataError(f"{self._chunk_names(src)}: {unreachable_message(err)}") from err
             raise DataError(self._describe_read_error(src, err)) from err
-        if values.shape == tuple(shape) and values.dtype == dtype:  # all inside: no padding copy
+        # all inside and a fresh array (not a view of someone's data): no padding copy
+        if values.shape == tuple(shape) and values.dtype == dtype and values.base is None:
             return values
         out = np.full(tuple(shape), fill, dtype=dtype)
         out[tuple(slice(int(a - s), int(b - s)) for a, b, s in zip(src_lo, src_hi, start))] = values
