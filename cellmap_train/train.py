@@ -8,6 +8,7 @@ import sys
 import time
 from datetime import datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
@@ -18,12 +19,15 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from cellmap_train.config import CONFIG_NAME, RUN_STAMP_ENV, check_shorthands, config_dir
-from cellmap_train.engine import FitResult, distributed, fit, seed_everything
 from cellmap_train.errors import UserError
 from cellmap_train.hydra_errors import one_line_hydra_errors
-from cellmap_train.preflight import check_model_shape, check_run_folder
 from cellmap_train.sweep import write_result
-from cellmap_train.models.build import build_model
+
+# torch and everything built on it (~2 s to import) load when a run starts, not when Hydra reads
+# the command line: --help, a mistyped override and the process that launches a --multirun's
+# jobs never pay for them.
+if TYPE_CHECKING:
+    from cellmap_train.engine import FitResult
 
 
 def run_path(cfg: DictConfig, path: str) -> str:
@@ -33,6 +37,10 @@ def run_path(cfg: DictConfig, path: str) -> str:
 
 def train(cfg: DictConfig) -> FitResult:
     check_shorthands(cfg)
+    from cellmap_train.engine import distributed, fit, seed_everything
+    from cellmap_train.models.build import build_model
+    from cellmap_train.preflight import check_model_shape, check_run_folder
+
     check_model_shape(cfg)
     check_run_folder(cfg)
     seed_everything(cfg.seed)  # before the model, so its initial weights follow the seed
@@ -99,7 +107,7 @@ def run(cfg: DictConfig) -> float:
     user error exits 1 with one line (a traceback only with HYDRA_FULL_ERROR=1)."""
     start = time.perf_counter()
     multirun = HydraConfig.get().mode == RunMode.MULTIRUN
-    writes_files = distributed.init().is_main  # only rank 0 under torchrun
+    writes_files = int(os.environ.get("RANK", "0")) == 0  # only rank 0 under torchrun (it sets RANK)
     try:
         result = train(cfg)
     except Exception as err:
@@ -122,6 +130,9 @@ def run(cfg: DictConfig) -> float:
 def main() -> None:
     """The console entry (`python -m cellmap_train`, `cellmap-train`). Under torchrun the ranks
     first agree on one timestamp, so they all use the same run folder."""
-    distributed.share_env(RUN_STAMP_ENV, lambda: datetime.now().isoformat())
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # started by torchrun
+        from cellmap_train.engine import distributed
+
+        distributed.share_env(RUN_STAMP_ENV, lambda: datetime.now().isoformat())
     with one_line_hydra_errors():  # Hydra's own errors (unknown key, missing option) in one line too
         run()
