@@ -76,3 +76,15 @@ def test_installed_command_reports_one_line(demo_cache, tmp_path):
     assert proc.returncode == 1
     assert "Could not override 'trainer.fo'" in error_line(proc.stderr)
     assert proc.stderr.strip().count("\n") == 0, proc.stderr
+
+
+def test_bad_override_is_answered_without_importing_torch(demo_cache, tmp_path):
+    """torch (~2 s) loads when a run starts: a mistyped shorthand is reported before that."""
+    probe = ("import sys\nsys.argv = ['cellmap_train', 'lr=abc']\nfrom cellmap_train.train import main\n"
+             "try:\n    main()\nexcept SystemExit as stop:\n    print('exit', stop.code, 'torch' in sys.modules)\n")
+    env = {**os.environ, "CELLMAP_TRAIN_DEMO_DIR": str(demo_cache)}
+    env.pop("HYDRA_FULL_ERROR", None)
+    proc = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert "lr='abc': must be a positive number" in error_line(proc.stderr)
+    assert proc.stdout.strip() == "exit 1 False", proc.stdout + proc.stderr
