@@ -107,7 +107,8 @@ def run(cfg: DictConfig) -> float:
     user error exits 1 with one line (a traceback only with HYDRA_FULL_ERROR=1)."""
     start = time.perf_counter()
     multirun = HydraConfig.get().mode == RunMode.MULTIRUN
-    writes_files = int(os.environ.get("RANK", "0")) == 0  # only rank 0 under torchrun (it sets RANK)
+    # only rank 0 under torchrun (which sets WORLD_SIZE and RANK); read here so torch is not imported yet
+    writes_files = int(os.environ.get("WORLD_SIZE", "1")) <= 1 or int(os.environ.get("RANK", "0")) == 0
     try:
         result = train(cfg)
     except Exception as err:
