@@ -22,6 +22,7 @@ from cellmap_train.config import CONFIG_NAME, RUN_STAMP_ENV, check_shorthands, c
 from cellmap_train.errors import UserError
 from cellmap_train.hydra_errors import one_line_hydra_errors
 from cellmap_train.sweep import write_result
+from cellmap_train.torchrun import is_rank_zero, launched_by_torchrun
 
 # torch and everything built on it (~2 s to import) load when a run starts, not when Hydra reads
 # the command line: --help, a mistyped override and the process that launches a --multirun's
@@ -107,8 +108,7 @@ def run(cfg: DictConfig) -> float:
     user error exits 1 with one line (a traceback only with HYDRA_FULL_ERROR=1)."""
     start = time.perf_counter()
     multirun = HydraConfig.get().mode == RunMode.MULTIRUN
-    # only rank 0 under torchrun (which sets WORLD_SIZE and RANK); read here so torch is not imported yet
-    writes_files = int(os.environ.get("WORLD_SIZE", "1")) <= 1 or int(os.environ.get("RANK", "0")) == 0
+    writes_files = is_rank_zero()  # only rank 0 under torchrun
     try:
         result = train(cfg)
     except Exception as err:
@@ -131,7 +131,7 @@ def run(cfg: DictConfig) -> float:
 def main() -> None:
     """The console entry (`python -m cellmap_train`, `cellmap-train`). Under torchrun the ranks
     first agree on one timestamp, so they all use the same run folder."""
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # started by torchrun
+    if launched_by_torchrun():
         from cellmap_train.engine import distributed
 
         distributed.share_env(RUN_STAMP_ENV, lambda: datetime.now().isoformat())

@@ -59,10 +59,14 @@ class ChunkCache:
             self.bytes -= dropped.nbytes
 
 
+def chunk_range(s: slice, n: int) -> range:
+    """Indices of the chunks of size `n` that the span `s` touches along one axis."""
+    return range(s.start // n, (s.stop - 1) // n + 1)
+
+
 def chunk_coords(src: tuple[slice, ...], chunks: tuple[int, ...]) -> list[tuple[int, ...]]:
     """Grid coordinates of every chunk the box `src` touches."""
-    ranges = [range(s.start // c, (s.stop - 1) // c + 1) for s, c in zip(src, chunks)]
-    return list(itertools.product(*ranges))
+    return list(itertools.product(*(chunk_range(s, c) for s, c in zip(src, chunks))))
 
 
 def chunk_reader(array: Any, fs, fs_path: str, cache: ChunkCache | None):
@@ -94,7 +98,7 @@ class V2ChunkReader:
         # per axis: (chunk index, where its part lands in the box, which part of the chunk)
         axes = [[(i, slice(max(s.start, i * n) - s.start, min(s.stop, (i + 1) * n) - s.start),
                   slice(max(s.start, i * n) - i * n, min(s.stop, (i + 1) * n) - i * n))
-                 for i in range(s.start // n, (s.stop - 1) // n + 1)] for s, n in zip(src, self.chunks)]
+                 for i in chunk_range(s, n)] for s, n in zip(src, self.chunks)]
         pieces = [tuple(zip(*combo)) for combo in itertools.product(*axes)]  # (coords, dst, src) per chunk
         decoded = {coords: self.cache.get((self.fs_path, coords)) if self.cache else None for coords, _, _ in pieces}
         missing = [c for c, chunk in decoded.items() if chunk is None]

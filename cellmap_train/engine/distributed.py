@@ -12,6 +12,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from cellmap_train.torchrun import launched_by_torchrun
+
 
 @dataclass(frozen=True)
 class DistInfo:
@@ -26,10 +28,6 @@ class DistInfo:
     @property
     def is_main(self) -> bool:
         return self.rank == 0
-
-
-def launched_by_torchrun() -> bool:
-    return int(os.environ.get("WORLD_SIZE", "1")) > 1
 
 
 def init() -> DistInfo:
