@@ -15,6 +15,7 @@ with non_blocking from pinned memory, autocast, a loss read back every step).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import itertools
 import os
 import statistics
@@ -56,7 +57,7 @@ AMP = {"bf16": torch.bfloat16, "fp16": torch.float16}
 def timed_steps(model, optimizer, criterion, batches, steps: int, device: torch.device, amp: str | None) -> float:
     """Seconds for `steps` optimizer steps: the loop's step (device copy one batch ahead,
     autocast, backward, loss read back, optimizer) without clipping or accumulation."""
-    autocast = torch.autocast(device.type, dtype=AMP.get(amp, torch.bfloat16), enabled=amp is not None)
+    autocast = torch.autocast(device.type, dtype=AMP[amp]) if amp else contextlib.nullcontext()
     scaler = torch.amp.GradScaler(device.type, enabled=amp == "fp16")
     batches = DeviceBatches(batches, device)
     start = time.perf_counter()

@@ -48,7 +48,7 @@ def rotate_sample(raw: np.ndarray, labels: np.ndarray, matrix: np.ndarray) -> tu
     raw_out = F.grid_sample(torch.from_numpy(raw_b.astype(np.float32))[:, None], grid, mode="bilinear",
                             padding_mode="zeros", align_corners=False)[:, 0].numpy()
     # labels shifted by 1 so that the 0 padding marks what came from outside the sample
-    lab_out = F.grid_sample(torch.from_numpy(lab_b.astype(np.float32) + 1), grid, mode="nearest",
+    lab_out = F.grid_sample(torch.from_numpy(np.add(lab_b, 1, dtype=np.float32)), grid, mode="nearest",
                             padding_mode="zeros", align_corners=False).numpy()
     lab_out -= 1
     lab_out[lab_out == -1] = np.nan
