@@ -12,8 +12,9 @@ through zarr.
 from __future__ import annotations
 
 import itertools
+import os
 from collections import OrderedDict
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 
@@ -24,13 +25,20 @@ class ChunkCache:
     """Least-recently-used decoded chunks of one process, at most `max_mb` MiB in all.
     Random crops come back to the same chunks often (a 64^3 chunk holds 64 z-slices), so a
     cache the size of the working set turns most reads into copies. 0 disables it. A worker
-    process starts with an empty cache of the same budget (never a copy of the parent's)."""
+    process starts with an empty cache of the same budget (never a copy of the parent's).
+
+    It also hands out the buffers chunks are decoded into, reusing the ones it drops: a fresh
+    256 KiB array costs its page faults on first write, which made decoding 2-3x slower than
+    the decompression itself (45 vs 130 us for a 64^3 uint8 chunk)."""
+
+    SPARES_PER_SHAPE = 4
 
     def __init__(self, max_mb: float = 0):
         if isinstance(max_mb, bool) or not isinstance(max_mb, (int, float)) or max_mb < 0:
             raise ConfigError(f"data.chunk_cache_mb={max_mb!r}: must be a number of MiB >= 0 (0 turns the cache off)")
         self.max_bytes = int(max_mb * 2**20)
         self._chunks: OrderedDict[tuple, np.ndarray] = OrderedDict()
+        self._spares: dict[tuple, list[np.ndarray]] = {}
         self.bytes = self.hits = self.misses = 0
 
     def __getstate__(self):
@@ -49,14 +57,36 @@ class ChunkCache:
         return chunk
 
     def put(self, key: tuple, chunk: np.ndarray) -> None:
-        if chunk.nbytes > self.max_bytes:
+        """Keep `chunk` (callers must not use it after a later put: it may be recycled)."""
+        size = held_bytes(chunk)
+        if size > self.max_bytes:
+            self._recycle(chunk)
             return
         chunk.flags.writeable = False  # shared by every later read: nobody may change it
         self._chunks[key] = chunk
-        self.bytes += chunk.nbytes
+        self.bytes += size
         while self.bytes > self.max_bytes:
             _, dropped = self._chunks.popitem(last=False)
-            self.bytes -= dropped.nbytes
+            self.bytes -= held_bytes(dropped)
+            self._recycle(dropped)
+
+    def buffer(self, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+        """A writable array to decode one chunk into: a dropped chunk's if one fits."""
+        spares = self._spares.get((shape, dtype.str))
+        return spares.pop() if spares else np.empty(shape, dtype=dtype)
+
+    def _recycle(self, chunk: np.ndarray) -> None:
+        if not (chunk.flags.owndata and chunk.flags.c_contiguous):  # a view: its memory is not ours to reuse
+            return
+        spares = self._spares.setdefault((chunk.shape, chunk.dtype.str), [])
+        if len(spares) < self.SPARES_PER_SHAPE:
+            chunk.flags.writeable = True
+            spares.append(chunk)
+
+
+def held_bytes(chunk: np.ndarray) -> int:
+    """Memory a chunk holds: a broadcast fill value (stride 0) holds one element."""
+    return chunk.itemsize if 0 in chunk.strides else chunk.nbytes
 
 
 def chunk_range(s: slice, n: int) -> range:
@@ -86,12 +116,14 @@ class V2ChunkReader:
         self.chunks = tuple(meta.chunks)
         self.dtype = np.dtype(array.dtype)
         self.fill = np.array(0 if meta.fill_value is None else meta.fill_value).astype(self.dtype)
-        self.codecs = [*(meta.filters or ()), *([meta.compressor] if meta.compressor is not None else [])]
+        self.filters = list(meta.filters or ())
+        self.compressor = meta.compressor
         self.encode_key = meta.encode_chunk_key
         self.fs, self.fs_path = fs, fs_path.rstrip("/")
         # fsspec's local cat costs ~0.15 ms per file over a plain read: 2 ms of a 2D sample
         self.local = "file" in (fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,))
-        self.cache = cache if cache is not None and cache.max_bytes > 0 else None
+        self.cache = cache if cache is not None else ChunkCache(0)  # with 0 MiB: only decode buffers
+        self._file_buffer = bytearray()
 
     def read(self, src: tuple[slice, ...]) -> np.ndarray:
         """The voxels of box `src` (inside the array). Raises ChunkReadError naming the chunk."""
@@ -99,46 +131,61 @@ class V2ChunkReader:
         axes = [[(i, slice(max(s.start, i * n) - s.start, min(s.stop, (i + 1) * n) - s.start),
                   slice(max(s.start, i * n) - i * n, min(s.stop, (i + 1) * n) - i * n))
                  for i in chunk_range(s, n)] for s, n in zip(src, self.chunks)]
-        pieces = [tuple(zip(*combo)) for combo in itertools.product(*axes)]  # (coords, dst, src) per chunk
-        decoded = {coords: self.cache.get((self.fs_path, coords)) if self.cache else None for coords, _, _ in pieces}
-        missing = [c for c, chunk in decoded.items() if chunk is None]
-        if missing:
-            paths = {f"{self.fs_path}/{self.encode_key(c)}": c for c in missing}
-            for path, data in self.fetch(list(paths)).items():
-                c = paths[path]
-                decoded[c] = self.decode(c, data)
-                if self.cache:
-                    self.cache.put((self.fs_path, c), decoded[c])
         out = np.empty(tuple(s.stop - s.start for s in src), dtype=self.dtype)
-        for coords, dst, part in pieces:
-            out[dst] = decoded[coords][part]
+        missing = []
+        for coords, dst, part in (tuple(zip(*combo)) for combo in itertools.product(*axes)):
+            chunk = self.cache.get((self.fs_path, coords))
+            if chunk is None:
+                missing.append((coords, dst, part))
+            else:
+                out[dst] = chunk[part]
+        # each chunk's part is copied out before the next put, which may recycle earlier chunks
+        for (coords, dst, part), data in zip(missing, self.fetch([f"{self.fs_path}/{self.encode_key(c)}" for c, _, _ in missing])):
+            chunk = self.decode(coords, data)
+            out[dst] = chunk[part]
+            self.cache.put((self.fs_path, coords), chunk)
         return out
 
-    def fetch(self, paths: list[str]) -> dict[str, Any]:
-        """Chunk file bytes by path, or the exception reading it raised."""
+    def fetch(self, paths: list[str]) -> Iterator[Any]:
+        """Each chunk file's bytes in order, or the exception reading it raised. Local files are
+        read one at a time into one reused buffer (valid until the next item is taken)."""
         if not self.local:
-            return self.fs.cat(paths, on_error="return")
-        out: dict[str, Any] = {}
+            data = self.fs.cat(paths, on_error="return")  # S3: all requests at once
+            yield from (data[path] for path in paths)
+            return
         for path in paths:
             try:
-                with open(path, "rb") as handle:
-                    out[path] = handle.read()
+                with open(path, "rb", buffering=0) as handle:
+                    size = os.fstat(handle.fileno()).st_size
+                    if len(self._file_buffer) < size:
+                        self._file_buffer = bytearray(size)
+                    view = memoryview(self._file_buffer)[:size]
+                    got = handle.readinto(view)
             except OSError as err:
-                out[path] = err
-        return out
+                yield err
+                continue
+            yield view[:got]
 
     def decode(self, coords: tuple[int, ...], data) -> np.ndarray:
-        key = self.encode_key(coords)
         if isinstance(data, FileNotFoundError):  # never written: the fill value, as zarr reads it
-            return np.full(self.chunks, self.fill, dtype=self.dtype)
+            return np.broadcast_to(self.fill, self.chunks)
         if isinstance(data, BaseException):
-            raise ChunkReadError(key, data)
+            raise ChunkReadError(self.encode_key(coords), data)
         try:
-            for codec in reversed(self.codecs):
-                data = codec.decode(data)
-            return np.frombuffer(data, dtype=self.dtype).reshape(self.chunks)
+            if self.filters:  # rare in CellMap data; copied so nothing points into the reused file buffer
+                if self.compressor is not None:
+                    data = self.compressor.decode(data)
+                for codec in reversed(self.filters):
+                    data = codec.decode(data)
+                return np.frombuffer(data, dtype=self.dtype).reshape(self.chunks).copy()
+            chunk = self.cache.buffer(self.chunks, self.dtype)
+            decoded = data if self.compressor is None else self.compressor.decode(data, out=chunk)
+            flat = np.frombuffer(decoded, dtype=np.uint8)
+            if not np.may_share_memory(flat, chunk):  # raw bytes, or a codec that ignored `out`
+                chunk.reshape(-1).view(np.uint8)[:] = flat
+            return chunk
         except Exception as err:
-            raise ChunkReadError(key, err) from err
+            raise ChunkReadError(self.encode_key(coords), err) from err
 
 
 class ChunkReadError(Exception):

@@ -79,7 +79,7 @@ class CellMapData:
                  force_all_classes: bool | str = False, storage_options: Mapping | None = None,
                  dataloader_kwargs: Mapping | None = None, make_demo: bool = False, train_on_validation: bool = False,
                  train_transforms: SampleTransforms | None = None, val_transforms: SampleTransforms | None = None,
-                 rare_class_weight: float = 0.0, filter_by_scale: bool = False, chunk_cache_mb: float = 0):
+                 rare_class_weight: float = 0.0, filter_by_scale: bool = False, chunk_cache_mb: float = 256):
         self.classes = list(classes)
         self.batch_size = int(batch_size)
         self.seed = int(seed)

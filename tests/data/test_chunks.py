@@ -39,12 +39,15 @@ def random_boxes(shape, rng, count=40):
     (np.int32, {"filters": [numcodecs.Delta(dtype="<i4")]}),
     (np.dtype(">u2"), {}),  # big-endian bytes on disk
     (np.int64, {"chunk_key_encoding": {"name": "v2", "separator": "/"}}),
+    (np.uint16, {"compressors": None}),  # raw chunk bytes
 ])
-def test_every_box_equals_zarrs_read(tmp_path, dtype, kwargs):
+@pytest.mark.parametrize("cached_chunks", [0, 3])  # 3: chunks are dropped and their buffers reused within one read
+def test_every_box_equals_zarrs_read(tmp_path, dtype, kwargs, cached_chunks):
     rng = np.random.default_rng(0)
     data = (rng.random((23, 17, 30)) * 200).astype(dtype)  # edge chunks on every axis
     array = v2_array(tmp_path / "a", data, (8, 8, 8), **kwargs)
-    reader = reader_for(array, tmp_path / "a")
+    cache = ChunkCache(cached_chunks * 8**3 * np.dtype(dtype).itemsize / 2**20)
+    reader = reader_for(array, tmp_path / "a", cache)
     assert reader is not None
     for box in random_boxes(data.shape, rng):
         np.testing.assert_array_equal(reader.read(box), array[box])
@@ -59,6 +62,19 @@ def test_missing_chunks_read_as_the_fill_value(tmp_path):
     out = reader_for(array, tmp_path / "a").read((slice(4, 12), slice(0, 16), slice(0, 16)))
     np.testing.assert_array_equal(out, array[4:12])
     assert out[0, 0, 0] == 1 and out[-1, -1, -1] == 7
+
+
+def test_missing_chunks_cost_the_cache_one_value_each(tmp_path):
+    array = zarr.create_array(str(tmp_path / "a"), shape=(16, 16, 16), chunks=(8, 8, 8), dtype=np.uint16,
+                              fill_value=3, zarr_format=2)
+    array[:8, :8, :8] = 1
+    array = zarr.open_array(str(tmp_path / "a"), mode="r")
+    cache = ChunkCache(1)
+    reader = reader_for(array, tmp_path / "a", cache)
+    for _ in range(2):  # the second read comes from the cache
+        np.testing.assert_array_equal(reader.read((slice(0, 16),) * 3), array[...])
+    assert (cache.misses, cache.hits) == (8, 8)
+    assert cache.bytes == 8**3 * 2 + 7 * 2  # one real chunk, seven broadcast fill values
 
 
 def test_a_corrupt_chunk_is_named(tmp_path):
