@@ -27,11 +27,30 @@ def run_stamp(fmt: str) -> str:
     return (datetime.fromisoformat(shared) if shared else datetime.now()).strftime(fmt)
 
 
+def threads_per_job() -> int | None:
+    """torch threads for one job of a joblib launcher (`hydra/launcher=parallel`): the cores
+    shared out among the jobs it runs side by side, so 4 jobs on 16 cores take 4 threads each
+    instead of 16 each; None (torch's default: every core) for any other launcher."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return None
+    launcher = HydraConfig.get().launcher
+    if "joblib" not in str(launcher.get("_target_", "")).lower():
+        return None
+    cores = os.cpu_count() or 1
+    n_jobs = int(launcher.get("n_jobs") or 1)
+    side_by_side = cores + 1 + n_jobs if n_jobs < 0 else n_jobs  # joblib's -1 = every core, -2 = all but one
+    return max(1, cores // min(max(side_by_side, 1), cores))
+
+
 def register_resolvers() -> None:
     if not OmegaConf.has_resolver("len"):
         OmegaConf.register_new_resolver("len", lambda items: len(items))
     if not OmegaConf.has_resolver("run_stamp"):  # like ${now:fmt}, but one time for every DDP rank
         OmegaConf.register_new_resolver("run_stamp", run_stamp, use_cache=True)
+    if not OmegaConf.has_resolver("threads_per_job"):
+        OmegaConf.register_new_resolver("threads_per_job", threads_per_job)
     if not OmegaConf.has_resolver("if"):  # ${if:${use_s3},a,b}: pick by a boolean shorthand
         OmegaConf.register_new_resolver("if", lambda condition, then, otherwise: then if condition else otherwise)
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pandas as pd
 import pytest
 
@@ -29,19 +31,29 @@ def test_seed_lr_sweep_writes_summary_and_keeps_going_after_a_failure(run_cli, t
     assert "Sweep summary (4 jobs)" in proc.stdout and "Over seeds" in proc.stdout
 
 
+def saved_trainer_config(checkpoint) -> dict:
+    import torch
+
+    return torch.load(checkpoint, weights_only=True)["config"]["trainer"]
+
+
 def test_summary_is_sorted_by_best_metric(run_cli, tmp_path):
     run_cli("-m", *FAST, "seed=1,2,3", "hydra.sweep.dir=sweep", check=True)
-    metrics = summary(tmp_path).best_metric.tolist()
+    table = summary(tmp_path)
+    metrics = table.best_metric.tolist()
     assert metrics == sorted(metrics, reverse=True)
+    assert saved_trainer_config(table.checkpoint[0])["num_threads"] is None  # jobs one by one: torch's default
 
 
 @pytest.mark.slow
 def test_joblib_launcher_runs_jobs_in_parallel_processes(run_cli, tmp_path):
     # with DataLoader workers: inside a loky job they need a standard multiprocessing context
     with_workers = [o for o in FAST if "num_workers" not in o]
-    run_cli("-m", "hydra/launcher=parallel", *with_workers, "trainer.num_threads=1", "seed=1,2", "hydra.sweep.dir=sweep", check=True)
+    run_cli("-m", "hydra/launcher=parallel", *with_workers, "seed=1,2", "hydra.sweep.dir=sweep", check=True)
     table = summary(tmp_path)
     assert (table.status == "ok").all() and len(table) == 2
+    cores = os.cpu_count()
+    assert saved_trainer_config(table.checkpoint[0])["num_threads"] == max(1, cores // min(2, cores))  # 2 jobs share the cores
 
 
 @pytest.mark.slow
