@@ -27,9 +27,11 @@ class ChunkCache:
     cache the size of the working set turns most reads into copies. 0 disables it. A worker
     process starts with an empty cache of the same budget (never a copy of the parent's).
 
-    It also hands out the buffers chunks are decoded into, reusing the ones it drops: a fresh
-    256 KiB array costs its page faults on first write, which made decoding 2-3x slower than
-    the decompression itself (45 vs 130 us for a 64^3 uint8 chunk)."""
+    It also owns the process's scratch memory for reading, shared by every array's reader so
+    that it does not grow with the number of crops: the buffers chunks are decoded into (the
+    ones it drops are reused: a fresh 256 KiB array costs its page faults on first write, which
+    made decoding 2-3x slower than the decompression itself, 45 vs 130 us for a 64^3 uint8
+    chunk) and the one buffer chunk files are read into."""
 
     SPARES_PER_SHAPE = 4
 
@@ -39,6 +41,7 @@ class ChunkCache:
         self.max_bytes = int(max_mb * 2**20)
         self._chunks: OrderedDict[tuple, np.ndarray] = OrderedDict()
         self._spares: dict[tuple, list[np.ndarray]] = {}
+        self._file_buffer = bytearray()
         self.bytes = self.hits = self.misses = 0
 
     def __getstate__(self):
@@ -74,6 +77,12 @@ class ChunkCache:
         """A writable array to decode one chunk into: a dropped chunk's if one fits."""
         spares = self._spares.get((shape, dtype.str))
         return spares.pop() if spares else np.empty(shape, dtype=dtype)
+
+    def file_buffer(self, size: int) -> memoryview:
+        """`size` bytes to read one chunk file into, valid until the next call."""
+        if len(self._file_buffer) < size:
+            self._file_buffer = bytearray(size)  # a new one: the old may still be viewed, so never resized
+        return memoryview(self._file_buffer)[:size]
 
     def _recycle(self, chunk: np.ndarray) -> None:
         if not (chunk.flags.owndata and chunk.flags.c_contiguous):  # a view: its memory is not ours to reuse
@@ -122,8 +131,7 @@ class V2ChunkReader:
         self.fs, self.fs_path = fs, fs_path.rstrip("/")
         # fsspec's local cat costs ~0.15 ms per file over a plain read: 2 ms of a 2D sample
         self.local = "file" in (fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,))
-        self.cache = cache if cache is not None else ChunkCache(0)  # with 0 MiB: only decode buffers
-        self._file_buffer = bytearray()
+        self.cache = cache if cache is not None else ChunkCache(0)  # with 0 MiB: only the scratch buffers
 
     def read(self, src: tuple[slice, ...]) -> np.ndarray:
         """The voxels of box `src` (inside the array). Raises ChunkReadError naming the chunk."""
@@ -148,7 +156,7 @@ class V2ChunkReader:
 
     def fetch(self, paths: list[str]) -> Iterator[Any]:
         """Each chunk file's bytes in order, or the exception reading it raised. Local files are
-        read one at a time into one reused buffer (valid until the next item is taken)."""
+        read one at a time into the process's file buffer (valid until the next item is taken)."""
         if not self.local:
             data = self.fs.cat(paths, on_error="return")  # S3: all requests at once
             yield from (data[path] for path in paths)
@@ -156,10 +164,7 @@ class V2ChunkReader:
         for path in paths:
             try:
                 with open(path, "rb", buffering=0) as handle:
-                    size = os.fstat(handle.fileno()).st_size
-                    if len(self._file_buffer) < size:
-                        self._file_buffer = bytearray(size)
-                    view = memoryview(self._file_buffer)[:size]
+                    view = self.cache.file_buffer(os.fstat(handle.fileno()).st_size)
                     got = handle.readinto(view)
             except OSError as err:
                 yield err

@@ -77,6 +77,18 @@ def test_missing_chunks_cost_the_cache_one_value_each(tmp_path):
     assert cache.bytes == 8**3 * 2 + 7 * 2  # one real chunk, seven broadcast fill values
 
 
+def test_scratch_memory_does_not_grow_with_the_number_of_arrays(tmp_path):
+    cache = ChunkCache(0)  # off: what every crop's readers of one process share
+    rng = np.random.default_rng(1)
+    for k in range(12):  # e.g. 3 crops x 4 arrays
+        data = rng.integers(0, 255, (16, 16, 16), dtype=np.uint8)
+        array = v2_array(tmp_path / f"a{k}", data, (8, 8, 8))
+        np.testing.assert_array_equal(reader_for(array, tmp_path / f"a{k}", cache).read((slice(3, 13),) * 3), data[3:13, 3:13, 3:13])
+    largest_file = max(f.stat().st_size for f in tmp_path.glob("a*/*.*.*"))
+    assert sum(a.nbytes for spares in cache._spares.values() for a in spares) <= ChunkCache.SPARES_PER_SHAPE * 8**3
+    assert len(cache._file_buffer) == largest_file
+
+
 def test_a_corrupt_chunk_is_named(tmp_path):
     array = v2_array(tmp_path / "a", np.ones((16, 16, 16), np.uint8), (8, 8, 8))
     (tmp_path / "a" / "1.0.1").write_bytes(b"\x00garbage")
