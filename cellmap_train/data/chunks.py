@@ -25,7 +25,9 @@ class ChunkCache:
     """Least-recently-used decoded chunks of one process, at most `max_mb` MiB in all.
     Random crops come back to the same chunks often (a 64^3 chunk holds 64 z-slices), so a
     cache the size of the working set turns most reads into copies. 0 disables it. A worker
-    process starts with an empty cache of the same budget (never a copy of the parent's).
+    process starts with an empty cache of the same budget: a spawned one unpickles an empty
+    cache, a forked one inherits the main process's, which is empty because with workers the
+    main process reads no samples.
 
     It also owns the process's scratch memory for reading, shared by every array's reader so
     that it does not grow with the number of crops: the buffers chunks are decoded into (the
