@@ -5,7 +5,8 @@
 Prints, side by side in one run: samples/s for 1x128x128 and 128^3 random crops with the
 default spatial transforms (mirror x,y; transpose x,y; rotate about z) and value transforms,
 for both loaders (ours with its decoded-chunk cache off and on) and their ratios; then the
-peak RSS of a training process (2 workers) on 8 vs 80 crops, chunk cache off and at the local default. The data (demo layout, 8 crops of 256^3 voxels) is generated once into --data-dir.
+peak RSS of a training process (2 workers) on 8 vs 80 crops, chunk cache off and at the local
+default. The data (demo layout, 8 crops of 256^3 voxels) is generated once into --data-dir.
 cellmap-data pins zarr 2, so it runs in a separate interpreter (its own venv), never imported here.
 """
 
@@ -25,7 +26,7 @@ SCALE = [8, 8, 8]
 SHAPES = {"1x128x128": [1, 128, 128], "128^3": [128, 128, 128]}
 BATCH = {"1x128x128": 8, "128^3": 2}
 # timed batches after warm-up ones, per shape: a training run is thousands of steps, so both
-# loaders are timed once their caches (ours: decoded chunks; theirs: tensorstore's) have filled
+# loaders are timed once whatever they cache (ours: decoded chunks) has filled
 TIMED = {"1x128x128": (40, 200), "128^3": (3, 20)}
 SPATIAL = {"mirror": {"x": 0.5, "y": 0.5}, "transpose": ["x", "y"], "rotate": {"z": [-180, 180]}}
 
@@ -183,12 +184,13 @@ def main() -> None:
     if args.cellmap_data_worker:
         print(json.dumps(measure_cellmap_data(*json.loads(args.cellmap_data_worker))))
         return
+    local_default_mb = default_cache_mb()
     if args.cache_mb is None:
-        args.cache_mb = default_cache_mb()
+        args.cache_mb = local_default_mb
     big = ensure_data(args.data_dir / "crops8-256", 8, (256, 256, 256), (288, 288, 288))
     csv_path = ensure_split(big)
     print(f"throughput, {args.workers} workers, {os.cpu_count()} CPU cores (shared), data {big}")
-    print(f"chunk cache: off, and data.chunk_cache_mb={args.cache_mb:g} per process (the local default: {default_cache_mb():g})")
+    print(f"chunk cache: off, and data.chunk_cache_mb={args.cache_mb:g} per process (the local default: {local_default_mb:g})")
     print(f"{'sample':<11} {'batch':>5} {'warm-up+timed':>13} {'ours, no cache':>15} {'ours, cache':>12} {'cellmap-data':>13} "
           f"{'ratio no cache':>15} {'ratio cache':>12}   [samples/s, timed part]   during warm-up (ours cache / theirs)")
     for label in args.shapes:
@@ -210,7 +212,7 @@ def main() -> None:
         return
     print(f"peak memory of training (experiment=demo data=cellmap, 2 workers, 2 x {args.rss_iterations} iterations)")
     # off, and the local default (per process: the main one and each worker holds its own)
-    for cache_mb in (0, default_cache_mb()):
+    for cache_mb in (0, local_default_mb):
         for crops in (8, 80):
             root = ensure_data(args.data_dir / f"crops{crops}-64x128x128", crops, (64, 128, 128), (96, 320, 320))
             rss = training_peak_rss(root, iterations=args.rss_iterations, cache_mb=cache_mb)
