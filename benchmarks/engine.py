@@ -31,6 +31,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 
 from cellmap_train.config import config_dir
+from cellmap_train.engine.layout import model_to_channels_last, wants_channels_last
 from cellmap_train.engine.prefetch import DeviceBatches
 from cellmap_train.engine.settings import pick_device
 
@@ -48,18 +49,19 @@ def build(run_dir: Path, overrides: list[str]):
     optimizer = instantiate(cfg.optimizer)(model.parameters())
     data = instantiate(cfg.data, datasplit_path=str(run_dir / "datasplit.csv"),
                        train_transforms=instantiate(cfg.transforms.train), val_transforms=instantiate(cfg.transforms.val))
-    return model, optimizer, instantiate(cfg.loss), data
+    return model, optimizer, instantiate(cfg.loss), data, cfg.trainer.channels_last
 
 
 AMP = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
-def timed_steps(model, optimizer, criterion, batches, steps: int, device: torch.device, amp: str | None) -> float:
+def timed_steps(model, optimizer, criterion, batches, steps: int, device: torch.device, amp: str | None,
+                channels_last: bool) -> float:
     """Seconds for `steps` optimizer steps: the loop's step (device copy one batch ahead,
     autocast, backward, loss read back, optimizer) without clipping or accumulation."""
     autocast = torch.autocast(device.type, dtype=AMP[amp]) if amp else contextlib.nullcontext()
     scaler = torch.amp.GradScaler(device.type, enabled=amp == "fp16")
-    batches = DeviceBatches(batches, device)
+    batches = DeviceBatches(batches, device, channels_last)
     start = time.perf_counter()
     for _ in range(steps):
         raw, target = next(batches)
@@ -78,21 +80,26 @@ def timed_steps(model, optimizer, criterion, batches, steps: int, device: torch.
 
 def loader_vs_preloaded(steps: int, warmup: int, overrides: list[str], device: torch.device, amp: str | None) -> None:
     with tempfile.TemporaryDirectory() as tmp:
-        model, optimizer, criterion, data = build(Path(tmp), overrides)
+        model, optimizer, criterion, data, layout_setting = build(Path(tmp), overrides)
         model.to(device).train()
+        channels_last = wants_channels_last(layout_setting, device)  # as the loop decides it
+        if channels_last:
+            model_to_channels_last(model)
         criterion = criterion.to(device) if isinstance(criterion, torch.nn.Module) else criterion
         stream = iter(data.train_loader())
-        timed_steps(model, optimizer, criterion, stream, warmup, device, amp)  # workers started, caches warm
+        timed_steps(model, optimizer, criterion, stream, warmup, device, amp, channels_last)  # workers started, caches warm
         # pre-loaded = already where the loader's batches come from (pinned host memory on CUDA)
         preloaded = [next(stream) for _ in range(steps)]
         # alternate the two, twice, so a load change on the shared machine hits both alike
         loader_s = preloaded_s = 0.0
         for _ in range(2):
-            loader_s += timed_steps(model, optimizer, criterion, stream, steps, device, amp)
-            preloaded_s += timed_steps(model, optimizer, criterion, itertools.cycle(preloaded), steps, device, amp)
+            loader_s += timed_steps(model, optimizer, criterion, stream, steps, device, amp, channels_last)
+            preloaded_s += timed_steps(model, optimizer, criterion, itertools.cycle(preloaded), steps, device, amp,
+                                       channels_last)
     n = 2 * steps
     print(f"model: {type(model).__name__} {sum(p.numel() for p in model.parameters()) / 1e6:.2f} M parameters, "
           f"batch {data.batch_size}, input {list(data.input_info.shape)}, device {device}, amp {amp}, "
+          f"channels_last {channels_last}, "
           f"{torch.get_num_threads()} torch threads, loader kwargs {data.dataloader_kwargs}")
     print(f"real loader   : {n / loader_s:7.2f} it/s  ({n} steps, {loader_s:.1f} s)")
     print(f"pre-loaded    : {n / preloaded_s:7.2f} it/s  ({n} steps, {preloaded_s:.1f} s)")

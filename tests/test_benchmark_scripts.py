@@ -1,5 +1,5 @@
 """The benchmark scripts stay runnable (they are not timed here: their figures live in
-benchmarks/RESULTS.md). A tiny engine benchmark with AMP, as a GPU session would run it."""
+benchmarks/RESULTS.md). A tiny engine benchmark with AMP, as a GPU session would run it; the layout benchmark on two models."""
 
 from __future__ import annotations
 
@@ -20,3 +20,13 @@ def test_engine_benchmark_runs_with_amp(demo_cache, tmp_path):
     assert "device cpu, amp bf16" in proc.stdout
     assert "ratio loader/pre-loaded:" in proc.stdout
     assert "process start -> first optimizer step:" in proc.stdout
+
+
+def test_layout_benchmark_runs(tmp_path):
+    proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "layout.py"), "--steps", "1", "--threads", "1",
+                           "--models", "2d_unet", "3d_unet"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = [line.split() for line in proc.stdout.splitlines() if line.startswith(("2d_unet", "3d_unet"))]
+    assert [row[0] for row in rows] == ["2d_unet", "3d_unet"]
+    assert all(row[-1].endswith("x") and float(row[-1][:-1]) > 0 for row in rows)

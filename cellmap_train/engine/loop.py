@@ -29,6 +29,7 @@ from cellmap_train.engine.checkpoint import (
     prune_checkpoints, read_checkpoint, rng_state, save_checkpoint,
 )
 from cellmap_train.engine.interrupt import StopRequest, TrainingInterrupted
+from cellmap_train.engine.layout import model_to_channels_last, wants_channels_last
 from cellmap_train.engine.pause_hook import pause_point
 from cellmap_train.engine.prefetch import DeviceBatches
 from cellmap_train.engine.progress import Progress
@@ -77,6 +78,9 @@ def _fit(settings: TrainSettings, model: torch.nn.Module, optimizer: torch.optim
     if settings.num_threads:
         torch.set_num_threads(settings.num_threads)
     model.to(device)
+    channels_last = wants_channels_last(settings.channels_last, device)
+    if channels_last:
+        model_to_channels_last(model)
     criterion = criterion.to(device) if isinstance(criterion, torch.nn.Module) else criterion
     amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, None: None}[settings.amp]
     autocast = torch.autocast(device.type, dtype=amp_dtype) if amp_dtype else contextlib.nullcontext()
@@ -119,7 +123,7 @@ def _fit(settings: TrainSettings, model: torch.nn.Module, optimizer: torch.optim
         print(f"Nothing to train: the checkpoint is at epoch {start_epoch} and epochs={settings.epochs}.")
 
     batches = DeviceBatches(data.train_loader(start_sample=step * accumulate * data.batch_size, rank=info.rank,
-                                              world_size=info.world_size), device)
+                                              world_size=info.world_size), device, channels_last)
     val_loader = data.val_loader()
     if resumed is not None:  # after the loader took its seed, so the RNG continues where it stopped
         load_training_state(resumed[0], resumed[1], optimizer, scheduler, scaler)
@@ -182,7 +186,7 @@ def _fit(settings: TrainSettings, model: torch.nn.Module, optimizer: torch.optim
         # ---- validate, schedule, judge, log, checkpoint
         distributed.sync_buffers(model, info)  # every rank validates the same model
         val = validate(model, val_loader, criterion, data.classes, device, autocast if amp_dtype else None,
-                       settings.validation_time_limit, settings.validation_batch_limit)
+                       settings.validation_time_limit, settings.validation_batch_limit, channels_last=channels_last)
         metrics = {"loss/train_epoch": loss_sum / settings.iterations_per_epoch, **val.metrics,
                    "val/batches": val.batches, "val/coverage": val.fraction,
                    "throughput/samples_per_s": settings.iterations_per_epoch * accumulate * data.batch_size / train_seconds}

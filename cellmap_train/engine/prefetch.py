@@ -6,23 +6,28 @@ from typing import Iterable, Iterator
 
 import torch
 
+from cellmap_train.engine.layout import to_channels_last
+
 
 class DeviceBatches:
     """`next()` gives the next (raw, target) on `device`; `prefetch()` takes the following one
     from the loader and starts its copy. The loop calls `prefetch()` once a micro-batch's
     forward and backward are queued and before it reads the loss back, so on a GPU the host
     waits on the DataLoader (a few ms per batch to receive it from a worker) while the device
-    computes, not between steps while the device idles. On a CPU the order changes nothing."""
+    computes, not between steps while the device idles. On a CPU the order changes nothing.
+    With `channels_last`, raw batches are handed over in the layout the model's weights use."""
 
-    def __init__(self, batches: Iterable, device: torch.device):
+    def __init__(self, batches: Iterable, device: torch.device, channels_last: bool = False):
         self.batches: Iterator = iter(batches)
         self.device = device
+        self.channels_last = channels_last
         self.ready: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def prefetch(self) -> None:
         if self.ready is None:
             raw, target = next(self.batches)
-            self.ready = raw.to(self.device, non_blocking=True), target.to(self.device, non_blocking=True)
+            raw, target = raw.to(self.device, non_blocking=True), target.to(self.device, non_blocking=True)
+            self.ready = (to_channels_last(raw) if self.channels_last else raw), target
 
     def __iter__(self) -> "DeviceBatches":
         return self

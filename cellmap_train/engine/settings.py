@@ -29,6 +29,7 @@ class TrainSettings:
     max_grad_norm: float | None = None
     amp: str | None = None  # None | bf16 | fp16
     compile: bool = False
+    channels_last: bool | None = None  # None = on for CPU (faster oneDNN convolutions), off elsewhere
     deterministic: bool = False
     scheduler_interval: str = "auto"  # auto | epoch | step (auto: step for OneCycleLR/CyclicLR)
     best_metric: str = "dice/mean"

@@ -13,6 +13,7 @@ import torch
 
 from cellmap_train.engine.metrics import OverlapCounter
 from cellmap_train.engine.pause_hook import pause_point
+from cellmap_train.engine.prefetch import DeviceBatches
 
 
 @dataclass
@@ -37,17 +38,20 @@ class ValidationResult:
 @torch.no_grad()
 def validate(model: torch.nn.Module, loader: Iterable, criterion, classes: Sequence[str], device: torch.device,
              autocast: contextlib.AbstractContextManager | None = None, time_limit: float | None = None,
-             batch_limit: int | None = None, keep_samples: int = 4) -> ValidationResult:
+             batch_limit: int | None = None, keep_samples: int = 4, channels_last: bool = False) -> ValidationResult:
     """Averages over what was seen; stops after `batch_limit` batches or once `time_limit` s
-    have passed (at least one batch is always seen). Keeps the first `keep_samples`
+    have passed (at least one batch is always seen). Raw batches go in with the layout the
+    training uses (`channels_last`). Keeps the first `keep_samples`
     (raw, target, probability) triples for TensorBoard images. Runs in a fork of the torch RNG,
     so how much is validated never changes the training that follows (exact resume)."""
     cuda_devices = [device.index or 0] if device.type == "cuda" else []
     with torch.random.fork_rng(devices=cuda_devices):
-        return _validate(model, loader, criterion, classes, device, autocast, time_limit, batch_limit, keep_samples)
+        return _validate(model, loader, criterion, classes, device, autocast, time_limit, batch_limit, keep_samples,
+                         channels_last)
 
 
-def _validate(model, loader, criterion, classes, device, autocast, time_limit, batch_limit, keep_samples) -> ValidationResult:
+def _validate(model, loader, criterion, classes, device, autocast, time_limit, batch_limit, keep_samples,
+              channels_last) -> ValidationResult:
     was_training = model.training
     model.eval()
     counter = OverlapCounter(classes)
@@ -58,8 +62,8 @@ def _validate(model, loader, criterion, classes, device, autocast, time_limit, b
         total = len(loader)
     except TypeError:
         total = None
-    for raw, target in loader:
-        raw, target = raw.to(device, non_blocking=True), target.to(device, non_blocking=True)
+    # iterated without prefetch(), DeviceBatches reads no batch ahead that a limit would then waste
+    for raw, target in DeviceBatches(loader, device, channels_last):
         with autocast or contextlib.nullcontext():
             logits = model(raw)
         logits = logits.float()
