@@ -67,6 +67,7 @@ def test_fit_trains_in_the_layout_asked_and_its_checkpoint_loads_anywhere(settin
     fresh = unet_model()
     fresh.load_state_dict(read_checkpoint(tmp_path / "checkpoints" / "tiny_1.pth")["model"])
     raw, _ = next(iter(tiny_data.val_loader()))
-    model.eval(), fresh.eval()
+    model.eval()
+    fresh.eval()
     with torch.no_grad():
         torch.testing.assert_close(fresh(raw), model(to_channels_last(raw)), rtol=1e-4, atol=1e-5)
