@@ -1,5 +1,6 @@
 """The benchmark scripts stay runnable (they are not timed here: their figures live in
-benchmarks/RESULTS.md). A tiny engine benchmark with AMP, as a GPU session would run it; the layout benchmark on two models."""
+benchmarks/RESULTS.md): a tiny engine benchmark with AMP, as a GPU session would run it, and
+the layout benchmark on two models."""
 
 from __future__ import annotations
 
