@@ -31,7 +31,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 
 from cellmap_train.config import config_dir
-from cellmap_train.engine.layout import model_to_channels_last, wants_channels_last
+from cellmap_train.engine.layout import apply_layout
 from cellmap_train.engine.prefetch import DeviceBatches
 from cellmap_train.engine.settings import pick_device
 
@@ -82,9 +82,7 @@ def loader_vs_preloaded(steps: int, warmup: int, overrides: list[str], device: t
     with tempfile.TemporaryDirectory() as tmp:
         model, optimizer, criterion, data, layout_setting = build(Path(tmp), overrides)
         model.to(device).train()
-        channels_last = wants_channels_last(layout_setting, device)  # as the loop decides it
-        if channels_last:
-            model_to_channels_last(model)
+        channels_last = apply_layout(model, layout_setting, device)  # as the loop does
         criterion = criterion.to(device) if isinstance(criterion, torch.nn.Module) else criterion
         stream = iter(data.train_loader())
         timed_steps(model, optimizer, criterion, stream, warmup, device, amp, channels_last)  # workers started, caches warm

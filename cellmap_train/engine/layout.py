@@ -16,6 +16,15 @@ def wants_channels_last(setting: bool | None, device: torch.device) -> bool:
     return device.type == "cpu" if setting is None else bool(setting)
 
 
+def apply_layout(model: torch.nn.Module, setting: bool | None, device: torch.device) -> bool:
+    """Put the model's weights in the layout `trainer.channels_last` asks for on `device`;
+    True when its batches must then go channels-last too (`DeviceBatches`, `validate`)."""
+    channels_last = wants_channels_last(setting, device)
+    if channels_last:
+        model_to_channels_last(model)
+    return channels_last
+
+
 def to_channels_last(tensor: torch.Tensor) -> torch.Tensor:
     """The tensor in channels-last layout; other ranks (and tensors already so) unchanged, not copied."""
     memory_format = FORMATS.get(tensor.dim())

@@ -29,7 +29,7 @@ from cellmap_train.engine.checkpoint import (
     prune_checkpoints, read_checkpoint, rng_state, save_checkpoint,
 )
 from cellmap_train.engine.interrupt import StopRequest, TrainingInterrupted
-from cellmap_train.engine.layout import model_to_channels_last, wants_channels_last
+from cellmap_train.engine.layout import apply_layout
 from cellmap_train.engine.pause_hook import pause_point
 from cellmap_train.engine.prefetch import DeviceBatches
 from cellmap_train.engine.progress import Progress
@@ -78,9 +78,7 @@ def _fit(settings: TrainSettings, model: torch.nn.Module, optimizer: torch.optim
     if settings.num_threads:
         torch.set_num_threads(settings.num_threads)
     model.to(device)
-    channels_last = wants_channels_last(settings.channels_last, device)
-    if channels_last:
-        model_to_channels_last(model)
+    channels_last = apply_layout(model, settings.channels_last, device)
     criterion = criterion.to(device) if isinstance(criterion, torch.nn.Module) else criterion
     amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, None: None}[settings.amp]
     autocast = torch.autocast(device.type, dtype=amp_dtype) if amp_dtype else contextlib.nullcontext()
