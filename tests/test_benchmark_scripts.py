@@ -1,6 +1,6 @@
 """The benchmark scripts stay runnable (they are not timed here: their figures live in
 benchmarks/RESULTS.md): a tiny engine benchmark with AMP, as a GPU session would run it, and
-the layout benchmark on two models."""
+the layout benchmark on two models, and the sweep benchmark with two-step jobs."""
 
 from __future__ import annotations
 
@@ -31,3 +31,14 @@ def test_layout_benchmark_runs(tmp_path):
     rows = [line.split() for line in proc.stdout.splitlines() if line.startswith(("2d_unet", "3d_unet"))]
     assert [row[0] for row in rows] == ["2d_unet", "3d_unet"]
     assert all(row[-1].endswith("x") and float(row[-1][:-1]) > 0 for row in rows)
+
+
+def test_sweep_benchmark_runs(demo_cache, tmp_path):
+    env = {**os.environ, "CELLMAP_TRAIN_DEMO_DIR": str(demo_cache)}
+    proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "sweep.py"), "--epochs", "1", "--iterations", "2"],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "4-job demo sweep (1 epochs, 2 steps per job" in proc.stdout
+    assert proc.stdout.count("jobs ok: 4/4") == 2
+    ratio = float(proc.stdout.split("ratio joblib / basic:")[1].split()[0])
+    assert ratio > 0
