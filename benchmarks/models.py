@@ -5,7 +5,7 @@
 
 Each model is built from its conf/model/*.yaml (2 classes), in the memory layout training would
 use (`trainer.channels_last`: auto = channels-last on CPU, the default layout elsewhere), given one
-untimed warm-up step (not for 3D on a CPU, where one step takes minutes), then timed over a few
+untimed warm-up step (not for 3D on a CPU, where one step takes up to a minute), then timed over a few
 steps; the table gives samples/s, voxels/s and the ratio to 2d_unet.
 """
 

@@ -26,7 +26,8 @@ import pandas as pd
 
 
 def run_sweep(workdir: Path, launcher: list[str], args) -> tuple[float, pd.DataFrame]:
-    size = [f"epochs={args.epochs}"] * (args.epochs is not None) + [f"iterations_per_epoch={args.iterations}"] * (args.iterations is not None)
+    size = [f"{key}={value}" for key, value in (("epochs", args.epochs), ("iterations_per_epoch", args.iterations))
+            if value is not None]  # none given: the demo's own
     command = [sys.executable, "-m", "cellmap_train", "-m", *launcher, "experiment=demo", *size,
                "trainer.progress_bar=false", "seed=1,2", "lr=1e-3,3e-3", "hydra.sweep.dir=sweep"]
     workdir.mkdir(parents=True)

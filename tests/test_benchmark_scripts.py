@@ -1,6 +1,6 @@
 """The benchmark scripts stay runnable (they are not timed here: their figures live in
-benchmarks/RESULTS.md): a tiny engine benchmark with AMP, as a GPU session would run it, and
-the layout benchmark on two models, and the sweep benchmark with two-step jobs."""
+benchmarks/RESULTS.md): a tiny engine benchmark with AMP, as a GPU session would run it; the
+layout benchmark on two models; the sweep benchmark with two-step jobs."""
 
 from __future__ import annotations
 
