@@ -26,7 +26,8 @@ def test_wheel_install_composes_outside_checkout(tmp_path):
     # the test installs only the wheel built from the copy instead of a second torch
     purelib = subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
                              check=True, capture_output=True, text=True).stdout.strip()
-    Path(purelib, "dependencies.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+    ours = dict.fromkeys(sysconfig.get_paths()[key] for key in ("purelib", "platlib"))  # one folder in a venv
+    Path(purelib, "dependencies.pth").write_text("".join(f"{path}\n" for path in ours))
     pip = [str(python), "-m", "pip", "install", "-q", "--disable-pip-version-check", "--no-deps"]
     subprocess.run([*pip, str(src)], check=True, timeout=900)
     elsewhere = tmp_path / "elsewhere"
