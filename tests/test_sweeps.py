@@ -32,9 +32,9 @@ def test_seed_lr_sweep_writes_summary_and_keeps_going_after_a_failure(run_cli, t
 
 
 def saved_trainer_config(checkpoint) -> dict:
-    import torch
+    from cellmap_train.engine.checkpoint import read_checkpoint
 
-    return torch.load(checkpoint, weights_only=True)["config"]["trainer"]
+    return read_checkpoint(checkpoint)["config"]["trainer"]
 
 
 def test_summary_is_sorted_by_best_metric(run_cli, tmp_path):

@@ -7,14 +7,13 @@ import torch
 
 from cellmap_train.engine import fit
 from cellmap_train.engine.checkpoint import read_checkpoint
-from cellmap_train.engine.layout import model_to_channels_last, to_channels_last, wants_channels_last
+from cellmap_train.engine.layout import FORMATS, model_to_channels_last, to_channels_last, wants_channels_last
 from cellmap_train.engine.losses import MaskedBCELoss
 from cellmap_train.models import UNet
 
 
 def is_channels_last(tensor: torch.Tensor) -> bool:
-    memory_format = {4: torch.channels_last, 5: torch.channels_last_3d}[tensor.dim()]
-    return tensor.is_contiguous(memory_format=memory_format) and not tensor.is_contiguous()
+    return tensor.is_contiguous(memory_format=FORMATS[tensor.dim()]) and not tensor.is_contiguous()
 
 
 def test_null_means_on_for_cpu_only_and_a_bool_forces_it():
