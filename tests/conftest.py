@@ -13,6 +13,12 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 
 
+def pytest_collection_modifyitems(items):
+    """Tests marked `longest` go first: pytest-xdist hands out whole modules in collection order,
+    and the README demo run (a minute alone, three beside other tests) must not end the suite alone."""
+    items.sort(key=lambda item: item.get_closest_marker("longest") is None)
+
+
 @pytest.fixture(scope="session")
 def demo_cache(tmp_path_factory) -> Path:
     """A demo cache folder shared by the session (generated once, ~3 s)."""

@@ -39,6 +39,7 @@ def test_3d_unet_trains_two_steps(run_cli, tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.longest
 def test_demo_experiment_learns(run_cli, tmp_path):
     """README command (1): the demo run ends with a checkpoint, event files and a higher Dice."""
     proc = run_cli("experiment=demo", "hydra.run.dir=run", check=True)

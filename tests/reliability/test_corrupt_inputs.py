@@ -46,7 +46,8 @@ def test_malicious_pickle_checkpoint_is_refused_and_not_run(run_inprocess, tmp_p
 
     path = tmp_path / "run" / "checkpoints" / "2d_unet_1.pth"
     path.parent.mkdir(parents=True)
-    path.write_bytes(pickle.dumps({"model": Exploit(), "optimizer": {}, "epoch": 1, "step": 3}))
+    # protocol 2: what torch.load's own pickles use, so the refusal is the only thing it reports
+    path.write_bytes(pickle.dumps({"model": Exploit(), "optimizer": {}, "epoch": 1, "step": 3}, protocol=2))
     line = fails_with(run_inprocess, tmp_path, "load_model=latest")
     assert "2d_unet_1.pth: not a readable checkpoint" in line
     assert not marker.exists(), "unpickling ran code from the checkpoint"
