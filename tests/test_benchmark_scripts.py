@@ -1,6 +1,7 @@
 """The benchmark scripts stay runnable (they are not timed here: their figures live in
 benchmarks/RESULTS.md): a tiny engine benchmark with AMP, as a GPU session would run it; the
-layout benchmark on two models; the sweep benchmark with two-step jobs."""
+layout benchmark on two models; the sweep benchmark with two-step jobs; the rotation benchmark
+on small crops."""
 
 from __future__ import annotations
 
@@ -42,3 +43,15 @@ def test_sweep_benchmark_runs(demo_cache, tmp_path):
     assert proc.stdout.count("jobs ok: 4/4") == 2
     ratio = float(proc.stdout.split("ratio joblib / basic:")[1].split()[0])
     assert ratio > 0
+
+
+def test_rotation_benchmark_runs(tmp_path):
+    proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "rotation.py"), "--data-dir", str(tmp_path),
+                           "--crop-size", "64", "--samples", "4", "--samples-3d", "2"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = [line for line in proc.stdout.splitlines() if "turned about" in line]
+    assert [row.split(",")[0] for row in rows] == ["1x32x32", "32x32x32", "32x32x32"]
+    for row in rows:  # the context never leaves more unknown than blank corners do
+        with_context, blank = (float(v.rstrip("%")) for v in row.split()[-3::2])
+        assert with_context <= blank

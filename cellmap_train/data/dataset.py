@@ -117,8 +117,10 @@ class Crop:
                 fractions[c] = float((labels[known] > 0).mean()) if known.any() else 0.0
         return fractions
 
-    def read(self, centre: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Raw and labels of the sample centred at world point `centre` (nm)."""
+    def read(self, centre: np.ndarray, raw_margin: Sequence[int] = (0, 0, 0),
+             label_margin: Sequence[int] = (0, 0, 0)) -> tuple[np.ndarray, np.ndarray]:
+        """Raw and labels of the sample centred at world point `centre` (nm), with `*_margin`
+        voxels of context each side of each axis (what a rotation turns into the sample)."""
         self.open()
         tinfo, iinfo = self.target_info, self.input_info
         # snap to the label grid so targets are exact voxels, then cut raw around the same point
@@ -126,12 +128,25 @@ class Crop:
         grid = np.asarray(level0.translation) - np.asarray(level0.scale) / 2
         t_low = grid + np.round((centre - tinfo.extent / 2 - grid) / tinfo.scale) * tinfo.scale
         mid = t_low + tinfo.extent / 2
-        raw = self._raw.read(mid - iinfo.extent / 2, iinfo.shape, fill=0)
+        raw_margin, label_margin = np.asarray(raw_margin, dtype=int), np.asarray(label_margin, dtype=int)
+        raw = self._raw.read(mid - iinfo.extent / 2 - raw_margin * iinfo.scale, np.asarray(iinfo.shape) + 2 * raw_margin,
+                             fill=0)
+        label_shape = tuple(int(n) for n in np.asarray(tinfo.shape) + 2 * label_margin)
+        t_low = t_low - label_margin * np.asarray(tinfo.scale)
         labels = np.stack([
-            level.read_labels(t_low, tinfo.shape) if level is not None else np.full(tinfo.shape, np.nan, dtype=np.float32)
+            level.read_labels(t_low, label_shape) if level is not None else np.full(label_shape, np.nan, dtype=np.float32)
             for level in self._labels.values()
         ])
         return raw, labels
+
+    def sample(self, centre: np.ndarray, transforms: SampleTransforms | None, rng: np.random.Generator):
+        """The transformed sample at `centre`: the spatial choices are drawn first, so the read
+        takes the context a rotation needs and no corner of a rotated sample is left blank."""
+        if transforms is None:
+            return self.read(centre)
+        draw = transforms.draw(rng, self.input_info.shape, self.target_info.shape)
+        raw, labels = self.read(centre, draw.raw_margin, draw.label_margin) if draw is not None else self.read(centre)
+        return transforms.apply(draw, raw, labels)
 
 
 def to_tensors(raw: np.ndarray, labels: np.ndarray, squeeze_z: bool) -> tuple[torch.Tensor, torch.Tensor]:
@@ -180,9 +195,7 @@ class RandomCropDataset(Dataset):
         rng = np.random.default_rng([self.seed, int(index)])
         k = int(rng.choice(len(self.crops), p=self.probabilities))
         low, high = self.bounds[k]
-        raw, labels = self.crops[k].read(rng.uniform(low, high))
-        if self.transforms is not None:
-            raw, labels = self.transforms(raw, labels, rng)
+        raw, labels = self.crops[k].sample(rng.uniform(low, high), self.transforms, rng)
         return to_tensors(raw, labels, self.squeeze_z)
 
 
@@ -219,9 +232,7 @@ class ValidationTileDataset(Dataset):
 
     def __getitem__(self, index: int):
         k, centre = self.tiles[index]
-        raw, labels = self.crops[k].read(centre)
-        if self.transforms is not None:
-            raw, labels = self.transforms(raw, labels, np.random.default_rng(index))
+        raw, labels = self.crops[k].sample(centre, self.transforms, np.random.default_rng(index))
         return to_tensors(raw, labels, self.squeeze_z)
 
 

@@ -4,6 +4,7 @@ function of (seed, sample index) whatever worker draws it."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Mapping, Sequence
 
 import numpy as np
@@ -28,50 +29,122 @@ def rotation_matrix(angles_deg: Mapping[str, float]) -> np.ndarray:
     return matrix
 
 
-def rotate_sample(raw: np.ndarray, labels: np.ndarray, matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Rotate raw [Z,Y,X] (linear) and labels [C,Z,Y,X] (nearest) about the sample centre.
+def rotation_margin(shape: Sequence[int], matrix: np.ndarray) -> np.ndarray:
+    """Voxels of context, each side of each axis, that a sample of `shape` turned by `matrix`
+    reads: with them every output voxel, and the neighbours it is interpolated from, comes from
+    real data instead of the padding. An axis the turn leaves alone needs none."""
+    half = (np.asarray(shape, dtype=float) - 1) / 2
+    excess = np.abs(matrix) @ half - half  # how far past the sample the furthest source voxel lies
+    onto_voxels = np.isclose(np.abs(matrix), 1).any(axis=1)  # whole-voxel moves: nothing interpolated
+    return np.maximum(np.ceil(excess - 1e-6) + np.where(onto_voxels, 0, 1), 0).astype(int)
 
-    Voxels rotated in from outside the sample are 0 in raw and unknown (NaN) in labels.
-    A rotation that leaves an axis fixed (about z, or any in-plane turn of a [1,H,W] sample)
-    is done as a 2D rotation batched over that axis: cheaper, and exact for flat samples.
+
+def rotate_sample(raw: np.ndarray, labels: np.ndarray, matrix: np.ndarray, raw_shape: Sequence[int] | None = None,
+                  label_shape: Sequence[int] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Rotate raw [Z,Y,X] (linear) and labels [C,Z,Y,X] (nearest) about their centre into arrays
+    of `raw_shape` / `label_shape` (default: their own shapes).
+
+    The inputs may be larger than the outputs: the margin around the sample is the context the
+    rotated corners are filled from (`rotation_margin`). Voxels whose source lies outside the
+    inputs are 0 in raw and unknown (NaN) in labels.
     """
-    off_axis = np.abs(matrix - np.eye(3))
-    fixed = [i for i in range(3) if off_axis[i].max() < 1e-9 and off_axis[:, i].max() < 1e-9]
-    fixed.sort(key=lambda i: raw.shape[i] != 1)  # a flat axis first
-    axis = fixed[0] if fixed else None
-    turned = [i for i in range(3) if i != axis]
-    # [N, *size] and [N, C, *size]: N runs over the fixed axis (N = 1 for a full 3D turn)
-    raw_b = np.moveaxis(raw, axis, 0) if axis is not None else raw[None]
-    lab_b = np.moveaxis(labels, axis + 1, 0) if axis is not None else labels[None]
-    grid = _sampling_grid(raw_b.shape[1:], matrix[np.ix_(turned, turned)])
-    grid = grid.expand(raw_b.shape[0], *grid.shape[1:])
-    raw_out = F.grid_sample(torch.from_numpy(raw_b.astype(np.float32))[:, None], grid, mode="bilinear",
-                            padding_mode="zeros", align_corners=False)[:, 0].numpy()
-    # labels shifted by 1 so that the 0 padding marks what came from outside the sample
-    lab_out = F.grid_sample(torch.from_numpy(np.add(lab_b, 1, dtype=np.float32)), grid, mode="nearest",
-                            padding_mode="zeros", align_corners=False).numpy()
+    raw_shape = tuple(raw_shape or raw.shape)
+    label_shape = tuple(label_shape or labels.shape[1:])
+    grids: dict = {}  # raw and labels usually share one (3 floats per output voxel: worth reusing)
+    raw_out = _turn(raw[None].astype(np.float32), matrix, raw_shape, "bilinear", grids)[0]
+    # labels shifted by 1 so that the 0 padding marks what came from outside
+    lab_out = _turn(np.add(labels, 1, dtype=np.float32), matrix, label_shape, "nearest", grids)
     lab_out -= 1
     lab_out[lab_out == -1] = np.nan
-    raw_out = np.moveaxis(raw_out, 0, axis) if axis is not None else raw_out[0]
-    lab_out = np.moveaxis(lab_out, 0, axis + 1) if axis is not None else lab_out[0]
     if np.issubdtype(raw.dtype, np.integer):  # keep the dtype so value transforms scale it right
         info = np.iinfo(raw.dtype)
         raw_out = np.clip(np.rint(raw_out), info.min, info.max).astype(raw.dtype)
     return raw_out, lab_out
 
 
-def _sampling_grid(size: Sequence[int], matrix: np.ndarray) -> torch.Tensor:
-    """grid_sample's grid [1, *size, d] for `matrix` (voxel units, axes in array order) turning
-    about the centre: output voxel k of an axis of n sits at normalised (2k + 1) / n - 1
-    (align_corners=False). Built with numpy broadcasting: cheaper than affine_grid for a sample."""
-    d = len(size)
-    half = np.asarray(size, dtype=float) / 2
-    theta = matrix * half[None, :] / half[:, None]  # the same turn in normalised coordinates
-    axes = [((2 * np.arange(n) + 1) / n - 1).reshape([n if j == k else 1 for k in range(d)]) for j, n in enumerate(size)]
-    grid = np.empty((1, *size, d), dtype=np.float32)
-    for i in range(d):  # grid_sample wants x, y(, z) order: array axis i is grid component d-1-i
-        grid[0, ..., d - 1 - i] = sum(theta[i, j] * axes[j] for j in range(d) if theta[i, j] != 0)
+def _turn(values: np.ndarray, matrix: np.ndarray, out_shape: Sequence[int], mode: str, grids: dict) -> np.ndarray:
+    """float32 values [C, *in] turned about their centre into [C, *out_shape], zeros from outside.
+
+    A turn that leaves an axis fixed (about z, or any in-plane turn of a [1,H,W] sample) is
+    done as a 2D turn batched over that axis: cheaper, and exact for flat samples."""
+    in_shape = values.shape[1:]
+    off_axis = np.abs(matrix - np.eye(3))
+    fixed = [i for i in range(3) if off_axis[i].max() < 1e-9 and off_axis[:, i].max() < 1e-9
+             and in_shape[i] == out_shape[i]]
+    if not fixed:
+        grid = _sampling_grid(out_shape, in_shape, matrix, grids)
+        return F.grid_sample(torch.from_numpy(values)[None], grid, mode=mode, padding_mode="zeros",
+                             align_corners=False)[0].numpy()
+    axis = min(fixed, key=lambda i: in_shape[i] != 1)  # a flat axis first
+    turned = [i for i in range(3) if i != axis]
+    batch = np.moveaxis(values, axis + 1, 0)  # [N, C, *plane]
+    grid = _sampling_grid([out_shape[i] for i in turned], [in_shape[i] for i in turned], matrix[np.ix_(turned, turned)], grids)
+    out = F.grid_sample(torch.from_numpy(batch), grid.expand(batch.shape[0], *grid.shape[1:]), mode=mode,
+                        padding_mode="zeros", align_corners=False).numpy()
+    return np.moveaxis(out, 0, axis + 1)
+
+
+def _sampling_grid(out_size: Sequence[int], in_size: Sequence[int], matrix: np.ndarray, grids: dict) -> torch.Tensor:
+    """grid_sample's grid [1, *out_size, d] for `matrix` (voxel units, axes in array order)
+    turning about the common centre: voxel k of an axis of n sits at normalised (2k + 1) / n - 1
+    (align_corners=False). Built with float32 numpy broadcasting: cheaper than affine_grid for a
+    sample. `grids` keeps the ones made for this matrix, by size."""
+    key = (tuple(out_size), tuple(in_size))
+    if key not in grids:
+        grids[key] = _make_grid(out_size, in_size, matrix)
+    return grids[key]
+
+
+def _make_grid(out_size: Sequence[int], in_size: Sequence[int], matrix: np.ndarray) -> torch.Tensor:
+    d = len(out_size)
+    half_out, half_in = np.asarray(out_size, dtype=float) / 2, np.asarray(in_size, dtype=float) / 2
+    theta = matrix * half_out[None, :] / half_in[:, None]  # the same turn in normalised coordinates
+    axes = [((2 * np.arange(n, dtype=np.float32) + 1) / n - 1).reshape([n if j == k else 1 for k in range(d)])
+            for j, n in enumerate(out_size)]
+    grid = np.zeros((1, *out_size, d), dtype=np.float32)
+    for i in range(d):  # grid_sample wants x, y(, z) order: input axis i is grid component d-1-i
+        component = grid[0, ..., d - 1 - i]
+        for j in range(d):
+            if theta[i, j] != 0:
+                component += np.float32(theta[i, j]) * axes[j]  # in place: no full-size temporaries
     return torch.from_numpy(grid)
+
+
+@dataclass(frozen=True)
+class SpatialDraw:
+    """One sample's random spatial choices, drawn before the sample is read so that the read
+    can take the context a rotation needs (`raw_margin`, `label_margin`: voxels each side of each
+    axis, in the order the arrays are read)."""
+
+    flips: tuple[int, ...]  # axes flipped (z=0, y=1, x=2)
+    order: tuple[int, ...]  # then transposed: axis a of the result is axis order[a]
+    matrix: np.ndarray | None  # then rotated; None: not rotated
+    raw_shape: tuple[int, ...]  # the sample's shapes, without the margins
+    label_shape: tuple[int, ...]
+
+    @property
+    def raw_margin(self) -> np.ndarray:
+        return self._margin(self.raw_shape)
+
+    @property
+    def label_margin(self) -> np.ndarray:
+        return self._margin(self.label_shape)
+
+    def _margin(self, shape) -> np.ndarray:
+        read = np.zeros(3, dtype=int)
+        if self.matrix is not None:  # computed where the rotation happens, after the transpose
+            read[list(self.order)] = rotation_margin([shape[i] for i in self.order], self.matrix)
+        return read
+
+    def apply(self, raw: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """raw [Z,Y,X] and labels [C,Z,Y,X], read with or without the margins -> the sample's shapes."""
+        for i in self.flips:
+            raw, labels = np.flip(raw, i), np.flip(labels, i + 1)
+        raw, labels = raw.transpose(self.order), labels.transpose([0] + [i + 1 for i in self.order])
+        if self.matrix is None:
+            return raw, labels
+        return rotate_sample(raw, labels, self.matrix, [self.raw_shape[i] for i in self.order],
+                             [self.label_shape[i] for i in self.order])
 
 
 class SpatialTransform:
@@ -81,7 +154,8 @@ class SpatialTransform:
     transpose: axes that may be permuted among themselves; an axis is only swapped with one
     of equal size, so a [1,H,W] sample never moves its single slice into the plane.
     rotate: per-axis angle range in degrees, e.g. {z: [-180, 180]} turns the y-x plane.
-    Raw is interpolated linearly, labels by nearest neighbour; corners rotated in are unknown.
+    Raw is interpolated linearly, labels by nearest neighbour. The datasets read the context a
+    rotation turns into the sample's corners (`SpatialDraw`); what lies outside the data is unknown.
     """
 
     def __init__(self, mirror: Mapping[str, float] | None = None, transpose: Sequence[str] | None = None,
@@ -93,29 +167,29 @@ class SpatialTransform:
             if axis not in AXES:
                 raise ValueError(f"unknown axis {axis!r} in spatial transform (use z, y, x)")
 
-    def __call__(self, raw: np.ndarray, labels: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-        for axis, prob in self.mirror.items():
-            if rng.random() < prob:
-                i = AXES.index(axis)
-                raw, labels = np.flip(raw, i), np.flip(labels, i + 1)
+    def draw(self, rng: np.random.Generator, raw_shape: Sequence[int], label_shape: Sequence[int] | None = None) -> SpatialDraw:
+        """This sample's flips, axis order and rotation, for a sample of these shapes ([Z,Y,X])."""
+        flips = tuple(AXES.index(axis) for axis, prob in self.mirror.items() if rng.random() < prob)
+        order = list(range(3))
         if len(self.transpose) > 1:
-            raw, labels = self._transpose(raw, labels, rng)
+            by_size: dict[int, list[int]] = {}
+            for axis in self.transpose:
+                i = AXES.index(axis)
+                by_size.setdefault(raw_shape[i], []).append(i)
+            for group in by_size.values():
+                for src, dst in zip(sorted(group), rng.permutation(group)):
+                    order[src] = int(dst)
+        matrix = None
         if self.rotate:
             angles = {axis: rng.uniform(lo, hi) for axis, (lo, hi) in self.rotate.items()}
             if any(abs(a) % 360 > 1e-6 for a in angles.values()):
-                raw, labels = rotate_sample(raw, labels, rotation_matrix(angles))
-        return raw, labels
+                matrix = rotation_matrix(angles)
+        return SpatialDraw(flips, tuple(order), matrix, tuple(raw_shape), tuple(label_shape or raw_shape))
 
-    def _transpose(self, raw, labels, rng):
-        order = list(range(3))
-        by_size: dict[int, list[int]] = {}
-        for axis in self.transpose:
-            i = AXES.index(axis)
-            by_size.setdefault(raw.shape[i], []).append(i)
-        for group in by_size.values():
-            for src, dst in zip(sorted(group), rng.permutation(group)):
-                order[src] = int(dst)
-        return raw.transpose(order), labels.transpose([0] + [i + 1 for i in order])
+    def __call__(self, raw: np.ndarray, labels: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        """Transform a sample read without context: rotated corners are unknown (the datasets read
+        the context instead, see `SpatialDraw`)."""
+        return self.draw(rng, raw.shape, labels.shape[1:]).apply(raw, labels)
 
 
 class NormalizeRaw:
@@ -154,9 +228,18 @@ class SampleTransforms:
                  target: BinarizeLabels | None = None):
         self.spatial, self.raw, self.target = spatial, raw, target
 
-    def __call__(self, raw: np.ndarray, labels: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-        if self.spatial is not None:
-            raw, labels = self.spatial(raw, labels, rng)
+    def draw(self, rng: np.random.Generator, raw_shape: Sequence[int], label_shape: Sequence[int]) -> SpatialDraw | None:
+        """The sample's spatial choices, made before it is read (None: no spatial transform)."""
+        return self.spatial.draw(rng, raw_shape, label_shape) if self.spatial is not None else None
+
+    def apply(self, draw: SpatialDraw | None, raw: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """raw [Z,Y,X] and labels [C,Z,Y,X], read with `draw`'s margins -> the float32 sample."""
+        if draw is not None:
+            raw, labels = draw.apply(raw, labels)
         raw = self.raw(raw) if self.raw is not None else raw.astype(np.float32)
         labels = self.target(labels) if self.target is not None else labels.astype(np.float32)
         return np.ascontiguousarray(raw), np.ascontiguousarray(labels)
+
+    def __call__(self, raw: np.ndarray, labels: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        """A sample read without context (rotated corners unknown)."""
+        return self.apply(self.draw(rng, raw.shape, labels.shape[1:]), raw, labels)

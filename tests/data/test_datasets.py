@@ -44,6 +44,19 @@ def test_unannotated_class_is_nan_for_the_whole_sample(demo_root, tmp_path):
     assert np.isnan(labels[1]).all() and not np.isnan(labels[0]).any()
 
 
+def test_a_rotated_training_sample_is_filled_from_the_data_around_it(demo_root, tmp_path):
+    data = make_data(demo_root, tmp_path)
+    crop = data.train_set.crops[0]
+    middle = np.mean(data.train_set.bounds[0], axis=0)  # the crop is 96 voxels wide: room for a 45-degree 32 x 32
+    turn = SampleTransforms(SpatialTransform(rotate={"z": [45, 45]}), None, None)
+    raw, labels = crop.sample(middle, turn, np.random.default_rng(0))
+    assert raw.shape == (1, 32, 32) and labels.shape == (3, 1, 32, 32)
+    assert not np.isnan(labels[[c for c, name in enumerate(CLASSES) if name in crop.entry.classes]]).any()
+    _, blank = turn(*crop.read(middle), np.random.default_rng(0))  # turned without its context
+    assert np.isnan(blank[:, 0, 0, 0]).all()  # a corner came from outside the read
+    np.testing.assert_array_equal(labels[:, :, 12:20, 12:20], blank[:, :, 12:20, 12:20])  # the middle is the same
+
+
 def test_samples_are_identical_across_workers_and_pickling(demo_root, tmp_path):
     in_process = make_data(demo_root, tmp_path)
     with_workers = make_data(demo_root, tmp_path, workers=2)

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 from hydra.utils import instantiate
 
-from cellmap_train.data.transforms import BinarizeLabels, NormalizeRaw, SampleTransforms, SpatialTransform
+from cellmap_train.data.transforms import (BinarizeLabels, NormalizeRaw, SampleTransforms, SpatialTransform,
+                                           rotation_margin, rotation_matrix)
 
 RNG = np.random.default_rng(0)
 
@@ -102,3 +105,40 @@ def test_rotation_about_two_axes_equals_the_two_turns_in_sequence():
     for a, b in zip(both, second):
         np.testing.assert_array_equal(a, b)
     assert sorted(both[0].ravel().tolist()) == list(range(27))  # a permutation: nothing blended or lost
+
+
+def test_rotation_margin_is_the_context_a_turn_reads():
+    assert rotation_margin((1, 16, 16), np.eye(3)).tolist() == [0, 0, 0]
+    assert rotation_margin((1, 16, 16), rotation_matrix({"z": 90})).tolist() == [0, 0, 0]  # whole voxels, same size
+    assert rotation_margin((1, 16, 32), rotation_matrix({"z": 90})).tolist() == [0, 8, 0]  # y now spans x's 32
+    # 45 degrees: the corner voxel centre sits 7.5 * sqrt(2) = 10.6 from the centre, 3.1 past the
+    # sample's 7.5; 4 voxels hold it and 1 more its interpolation neighbour. z is never turned.
+    assert rotation_margin((1, 16, 16), rotation_matrix({"z": 45})).tolist() == [0, 5, 5]
+
+
+def centre(array: np.ndarray, shape) -> np.ndarray:
+    """The centred box of `shape` in the last len(shape) axes."""
+    lead = array.ndim - len(shape)
+    return array[(slice(None),) * lead + tuple(slice((n - s) // 2, (n + s) // 2) for n, s in zip(array.shape[lead:], shape))]
+
+
+@pytest.mark.parametrize("shape, spatial", [((1, 16, 16), SpatialTransform({"x": 0.5, "y": 0.5}, ["x", "y"], {"z": [-180, 180]})),
+                                            ((12, 12, 12), SpatialTransform({"z": 0.5, "x": 0.5}, ["x", "y", "z"],
+                                                                            {a: [-180, 180] for a in "zyx"}))])
+def test_a_sample_read_with_its_margins_is_the_centre_of_the_same_turn_of_a_larger_volume(shape, spatial):
+    """What the datasets do (draw, read the margins, apply) gives the voxels that the same flips,
+    axis swaps and rotation of the whole volume put there: nothing from the padding."""
+    rng = np.random.default_rng(5)
+    big = (1, 60, 60) if shape[0] == 1 else (40, 40, 40)
+    raw = rng.uniform(1, 2, size=big).astype(np.float32)  # never 0, the padding value
+    labels = (rng.random((2, *big)) < 0.5).astype(np.float32)
+    for seed in range(30):
+        draw = spatial.draw(np.random.default_rng(seed), shape, shape)
+        assert draw.matrix is not None and (draw.raw_margin == draw.label_margin).all()
+        with_margin = [s + 2 * m for s, m in zip(shape, draw.raw_margin)]
+        out_raw, out_labels = draw.apply(centre(raw, with_margin), centre(labels, with_margin))
+        assert out_raw.shape == shape and out_labels.shape == (2, *shape)
+        assert out_raw.min() >= 1 and not np.isnan(out_labels).any()
+        whole = dataclasses.replace(draw, raw_shape=big, label_shape=big).apply(raw, labels)
+        np.testing.assert_allclose(out_raw, centre(whole[0], shape), rtol=1e-5, atol=1e-5)
+        np.testing.assert_array_equal(out_labels, centre(whole[1], shape))
