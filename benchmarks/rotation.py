@@ -2,12 +2,13 @@
 
     python benchmarks/rotation.py [--samples 200] [--samples-3d 10] [--data-dir DIR]
 
-A rotated sample's corners come from outside the box it would fill unrotated. The datasets draw
-the rotation first and read that margin too (`SpatialDraw`); read without it, the corners are
-blank (raw 0, labels unknown). For each sample shape, side by side in one run and in one process
-(the chunk cache warmed first, so reading is not the difference): ms per training sample with
-and without the context, and the share of label voxels left unknown (the rest of it is samples
-reaching past their crop's edge, which no read can fill). Data: the loader benchmark's (8 crops of
+A rotated sample's corners come from outside the box it would fill unrotated. By default the
+sample is cut at its size and turned, so the corners are blank (raw 0, labels unknown); with
+`transforms.train.spatial.read_context=true` the datasets draw the rotation first and read that
+margin too (`SpatialDraw`). For each sample shape, side by side in one run and in one process
+(each chunk cache warmed first): ms per training sample with and without the context, and the
+share of label voxels left unknown (the rest of it is samples reaching past their crop's edge,
+which no read can fill). Data: the loader benchmark's (8 crops of
 256^3 voxels in a 288^3 volume), generated once into --data-dir.
 """
 
@@ -35,30 +36,23 @@ def measure(root: Path, shape, rotate, samples: int) -> dict:
     from cellmap_train.data import CellMapData
     from cellmap_train.data.transforms import BinarizeLabels, NormalizeRaw, SampleTransforms, SpatialTransform
 
-    transforms = SampleTransforms(SpatialTransform({"x": 0.5, "y": 0.5}, ["x", "y"], rotate), NormalizeRaw(), BinarizeLabels())
+    sets = {}
     with tempfile.TemporaryDirectory() as tmp:
-        data = CellMapData(search_path=str(root), datasplit_path=Path(tmp) / "split.csv", classes=CLASSES,
-                           input_array_info={"shape": shape, "scale": SCALE}, batch_size=1, validation_prob=0.25,
-                           dataloader_kwargs={"num_workers": 0}, train_transforms=transforms, val_transforms=transforms,
-                           chunk_cache_mb=2048)
-        dataset = data.train_set
-
-        def with_context(i):
-            return dataset[i][1].numpy()
-
-        def without_context(i):  # the same crop, centre and draws, read without the margin
-            rng = np.random.default_rng([dataset.seed, i])
-            k = int(rng.choice(len(dataset.crops), p=dataset.probabilities))
-            low, high = dataset.bounds[k]
-            return transforms(*dataset.crops[k].read(rng.uniform(low, high)), rng)[1]
-
-        for i in range(samples):  # warm the chunk cache for both
-            with_context(i)
+        for name, read_context in (("context", True), ("blank", False)):  # the same crops, centres and draws
+            spatial = SpatialTransform({"x": 0.5, "y": 0.5}, ["x", "y"], rotate, read_context=read_context)
+            transforms = SampleTransforms(spatial, NormalizeRaw(), BinarizeLabels())
+            sets[name] = CellMapData(search_path=str(root), datasplit_path=Path(tmp) / "split.csv", classes=CLASSES,
+                                     input_array_info={"shape": shape, "scale": SCALE}, batch_size=1, validation_prob=0.25,
+                                     dataloader_kwargs={"num_workers": 0}, train_transforms=transforms,
+                                     val_transforms=transforms, chunk_cache_mb=2048).train_set
+        for dataset in sets.values():  # warm each one's chunk cache
+            for i in range(samples):
+                dataset[i]
         result = {}
-        for name, sample in [("context", with_context), ("blank", without_context)] * 2:  # alternated, twice
+        for name in [*sets] * 2:  # alternated, twice
             start, unknown = time.perf_counter(), []
             for i in range(samples):
-                unknown.append(np.isnan(sample(i)).mean())
+                unknown.append(np.isnan(sets[name][i][1].numpy()).mean())
             result.setdefault(name, []).append((time.perf_counter() - start) / samples * 1000)
             result[f"{name} unknown"] = float(np.mean(unknown))
     return {key: min(value) if isinstance(value, list) else value for key, value in result.items()}

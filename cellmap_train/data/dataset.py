@@ -140,8 +140,8 @@ class Crop:
         return raw, labels
 
     def sample(self, centre: np.ndarray, transforms: SampleTransforms | None, rng: np.random.Generator):
-        """The transformed sample at `centre`: the spatial choices are drawn first, so the read
-        takes the context a rotation needs and no corner of a rotated sample is left blank."""
+        """The transformed sample at `centre`. The spatial choices are drawn first, so that the
+        read can take the margin a rotation turns into the corners (`read_context`)."""
         if transforms is None:
             return self.read(centre)
         draw = transforms.draw(rng, self.input_info.shape, self.target_info.shape)

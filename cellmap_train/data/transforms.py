@@ -87,8 +87,8 @@ def _turn(values: np.ndarray, matrix: np.ndarray, out_shape: Sequence[int], mode
 def _sampling_grid(out_size: Sequence[int], in_size: Sequence[int], matrix: np.ndarray, grids: dict) -> torch.Tensor:
     """grid_sample's grid [1, *out_size, d] for `matrix` (voxel units, axes in array order)
     turning about the common centre: voxel k of an axis of n sits at normalised (2k + 1) / n - 1
-    (align_corners=False). Built with float32 numpy broadcasting: cheaper than affine_grid for a
-    sample. `grids` keeps the ones made for this matrix, by size."""
+    (align_corners=False). Built with numpy broadcasting: cheaper than affine_grid for a sample.
+    `grids` keeps the ones made for this matrix, by size."""
     key = (tuple(out_size), tuple(in_size))
     if key not in grids:
         grids[key] = _make_grid(out_size, in_size, matrix)
@@ -99,28 +99,30 @@ def _make_grid(out_size: Sequence[int], in_size: Sequence[int], matrix: np.ndarr
     d = len(out_size)
     half_out, half_in = np.asarray(out_size, dtype=float) / 2, np.asarray(in_size, dtype=float) / 2
     theta = matrix * half_out[None, :] / half_in[:, None]  # the same turn in normalised coordinates
-    axes = [((2 * np.arange(n, dtype=np.float32) + 1) / n - 1).reshape([n if j == k else 1 for k in range(d)])
-            for j, n in enumerate(out_size)]
-    grid = np.zeros((1, *out_size, d), dtype=np.float32)
+    axes = [((2 * np.arange(n) + 1) / n - 1).reshape([n if j == k else 1 for k in range(d)]) for j, n in enumerate(out_size)]
+    grid = np.empty((1, *out_size, d), dtype=np.float32)
+    component = np.empty(tuple(out_size))  # float64, rounded once into the grid: the same float path as ever
     for i in range(d):  # grid_sample wants x, y(, z) order: input axis i is grid component d-1-i
-        component = grid[0, ..., d - 1 - i]
+        component.fill(0)
         for j in range(d):
             if theta[i, j] != 0:
-                component += np.float32(theta[i, j]) * axes[j]  # in place: no full-size temporaries
+                component += theta[i, j] * axes[j]  # in place: no full-size temporaries
+        grid[0, ..., d - 1 - i] = component
     return torch.from_numpy(grid)
 
 
 @dataclass(frozen=True)
 class SpatialDraw:
     """One sample's random spatial choices, drawn before the sample is read so that the read
-    can take the context a rotation needs (`raw_margin`, `label_margin`: voxels each side of each
-    axis, in the order the arrays are read)."""
+    can take the context a rotation needs when `read_context` is on (`raw_margin`, `label_margin`:
+    voxels each side of each axis, in the order the arrays are read; zero when it is off)."""
 
     flips: tuple[int, ...]  # axes flipped (z=0, y=1, x=2)
     order: tuple[int, ...]  # then transposed: axis a of the result is axis order[a]
     matrix: np.ndarray | None  # then rotated; None: not rotated
     raw_shape: tuple[int, ...]  # the sample's shapes, without the margins
     label_shape: tuple[int, ...]
+    read_context: bool = False
 
     @property
     def raw_margin(self) -> np.ndarray:
@@ -132,7 +134,7 @@ class SpatialDraw:
 
     def _margin(self, shape) -> np.ndarray:
         read = np.zeros(3, dtype=int)
-        if self.matrix is not None:  # computed where the rotation happens, after the transpose
+        if self.read_context and self.matrix is not None:  # where the rotation happens: after the transpose
             read[list(self.order)] = rotation_margin([shape[i] for i in self.order], self.matrix)
         return read
 
@@ -154,12 +156,16 @@ class SpatialTransform:
     transpose: axes that may be permuted among themselves; an axis is only swapped with one
     of equal size, so a [1,H,W] sample never moves its single slice into the plane.
     rotate: per-axis angle range in degrees, e.g. {z: [-180, 180]} turns the y-x plane.
-    Raw is interpolated linearly, labels by nearest neighbour. The datasets read the context a
-    rotation turns into the sample's corners (`SpatialDraw`); what lies outside the data is unknown.
+    Raw is interpolated linearly, labels by nearest neighbour.
+    read_context: false: a rotated sample is cut at its own size and then turned, so the corners
+    turned in from outside it are unknown (labels NaN, raw 0). true: the datasets read the margin
+    the rotation turns into the corners (`SpatialDraw`), so they hold real data, as in cellmap-data;
+    only what lies outside the volume or the crop stays unknown. It costs the larger read.
     """
 
     def __init__(self, mirror: Mapping[str, float] | None = None, transpose: Sequence[str] | None = None,
-                 rotate: Mapping[str, Sequence[float]] | None = None):
+                 rotate: Mapping[str, Sequence[float]] | None = None, read_context: bool = False):
+        self.read_context = bool(read_context)
         self.mirror = {axis: float(p) for axis, p in (mirror or {}).items()}
         self.transpose = list(transpose or [])
         self.rotate = {axis: (float(lo), float(hi)) for axis, (lo, hi) in (rotate or {}).items()}
@@ -184,11 +190,10 @@ class SpatialTransform:
             angles = {axis: rng.uniform(lo, hi) for axis, (lo, hi) in self.rotate.items()}
             if any(abs(a) % 360 > 1e-6 for a in angles.values()):
                 matrix = rotation_matrix(angles)
-        return SpatialDraw(flips, tuple(order), matrix, tuple(raw_shape), tuple(label_shape or raw_shape))
+        return SpatialDraw(flips, tuple(order), matrix, tuple(raw_shape), tuple(label_shape or raw_shape), self.read_context)
 
     def __call__(self, raw: np.ndarray, labels: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-        """Transform a sample read without context: rotated corners are unknown (the datasets read
-        the context instead, see `SpatialDraw`)."""
+        """Transform a sample already read, without context: rotated corners are unknown."""
         return self.draw(rng, raw.shape, labels.shape[1:]).apply(raw, labels)
 
 
@@ -241,5 +246,5 @@ class SampleTransforms:
         return np.ascontiguousarray(raw), np.ascontiguousarray(labels)
 
     def __call__(self, raw: np.ndarray, labels: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-        """A sample read without context (rotated corners unknown)."""
+        """A sample already read, without context (rotated corners unknown)."""
         return self.apply(self.draw(rng, raw.shape, labels.shape[1:]), raw, labels)

@@ -44,16 +44,18 @@ def test_unannotated_class_is_nan_for_the_whole_sample(demo_root, tmp_path):
     assert np.isnan(labels[1]).all() and not np.isnan(labels[0]).any()
 
 
-def test_a_rotated_training_sample_is_filled_from_the_data_around_it(demo_root, tmp_path):
+def test_read_context_fills_a_rotated_samples_corners_from_the_data_around_it(demo_root, tmp_path):
     data = make_data(demo_root, tmp_path)
     crop = data.train_set.crops[0]
     middle = np.mean(data.train_set.bounds[0], axis=0)  # the crop is 96 voxels wide: room for a 45-degree 32 x 32
-    turn = SampleTransforms(SpatialTransform(rotate={"z": [45, 45]}), None, None)
+    turn = SampleTransforms(SpatialTransform(rotate={"z": [45, 45]}, read_context=True), None, None)
     raw, labels = crop.sample(middle, turn, np.random.default_rng(0))
     assert raw.shape == (1, 32, 32) and labels.shape == (3, 1, 32, 32)
     assert not np.isnan(labels[[c for c, name in enumerate(CLASSES) if name in crop.entry.classes]]).any()
-    _, blank = turn(*crop.read(middle), np.random.default_rng(0))  # turned without its context
-    assert np.isnan(blank[:, 0, 0, 0]).all()  # a corner came from outside the read
+    assert (raw > 0).all()  # no padding: the demo's raw is never 0 inside its volume
+    default = SampleTransforms(SpatialTransform(rotate={"z": [45, 45]}), None, None)
+    blank_raw, blank = crop.sample(middle, default, np.random.default_rng(0))  # cut at its size, then turned
+    assert np.isnan(blank[:, 0, 0, 0]).all() and blank_raw[0, 0, 0] == 0  # a corner came from outside the read
     np.testing.assert_array_equal(labels[:, :, 12:20, 12:20], blank[:, :, 12:20, 12:20])  # the middle is the same
 
 

@@ -94,6 +94,7 @@ def test_transform_groups_instantiate(compose_cfg, group, rotate, transpose):
         assert train.spatial is None
     else:
         assert {k: list(v) for k, v in train.spatial.rotate.items()} == rotate and train.spatial.transpose == transpose
+        assert train.spatial.read_context is False
 
 
 def test_rotation_about_two_axes_equals_the_two_turns_in_sequence():
@@ -122,19 +123,22 @@ def centre(array: np.ndarray, shape) -> np.ndarray:
     return array[(slice(None),) * lead + tuple(slice((n - s) // 2, (n + s) // 2) for n, s in zip(array.shape[lead:], shape))]
 
 
-@pytest.mark.parametrize("shape, spatial", [((1, 16, 16), SpatialTransform({"x": 0.5, "y": 0.5}, ["x", "y"], {"z": [-180, 180]})),
+@pytest.mark.parametrize("shape, spatial", [((1, 16, 16), SpatialTransform({"x": 0.5, "y": 0.5}, ["x", "y"], {"z": [-180, 180]},
+                                                                            read_context=True)),
                                             ((12, 12, 12), SpatialTransform({"z": 0.5, "x": 0.5}, ["x", "y", "z"],
-                                                                            {a: [-180, 180] for a in "zyx"}))])
+                                                                            {a: [-180, 180] for a in "zyx"}, read_context=True))])
 def test_a_sample_read_with_its_margins_is_the_centre_of_the_same_turn_of_a_larger_volume(shape, spatial):
-    """What the datasets do (draw, read the margins, apply) gives the voxels that the same flips,
-    axis swaps and rotation of the whole volume put there: nothing from the padding."""
+    """With read_context, what the datasets do (draw, read the margins, apply) gives the voxels
+    that the same flips, axis swaps and rotation of the whole volume put there: nothing from the
+    padding. Without it (the default) the same draw asks for no margin."""
     rng = np.random.default_rng(5)
     big = (1, 60, 60) if shape[0] == 1 else (40, 40, 40)
     raw = rng.uniform(1, 2, size=big).astype(np.float32)  # never 0, the padding value
     labels = (rng.random((2, *big)) < 0.5).astype(np.float32)
     for seed in range(30):
         draw = spatial.draw(np.random.default_rng(seed), shape, shape)
-        assert draw.matrix is not None and (draw.raw_margin == draw.label_margin).all()
+        assert draw.matrix is not None and (draw.raw_margin == draw.label_margin).all() and draw.raw_margin.any()
+        assert not dataclasses.replace(draw, read_context=False).raw_margin.any()
         with_margin = [s + 2 * m for s, m in zip(shape, draw.raw_margin)]
         out_raw, out_labels = draw.apply(centre(raw, with_margin), centre(labels, with_margin))
         assert out_raw.shape == shape and out_labels.shape == (2, *shape)
@@ -142,3 +146,9 @@ def test_a_sample_read_with_its_margins_is_the_centre_of_the_same_turn_of_a_larg
         whole = dataclasses.replace(draw, raw_shape=big, label_shape=big).apply(raw, labels)
         np.testing.assert_allclose(out_raw, centre(whole[0], shape), rtol=1e-5, atol=1e-5)
         np.testing.assert_array_equal(out_labels, centre(whole[1], shape))
+
+
+def test_read_context_is_an_override_away(compose_cfg):
+    for group in ("default", "3d"):
+        cfg = compose_cfg(f"transforms={group}", "transforms.train.spatial.read_context=true")
+        assert instantiate(cfg.transforms.train).spatial.read_context is True
