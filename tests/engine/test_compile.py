@@ -8,9 +8,8 @@ import shutil
 import pytest
 import torch
 
-from cellmap_train.engine import fit
 from cellmap_train.engine.checkpoint import read_checkpoint
-from cellmap_train.engine.losses import MaskedBCELoss
+from engine_helpers import fit_tiny
 
 pytestmark = [pytest.mark.skipif(shutil.which("cc") is None and shutil.which("gcc") is None,
                                  reason="torch.compile on CPU needs a C compiler"),
@@ -18,8 +17,7 @@ pytestmark = [pytest.mark.skipif(shutil.which("cc") is None and shutil.which("gc
 
 
 def train(settings, model, data) -> dict:
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
-    fit(settings, model, optimizer, None, MaskedBCELoss(), data)
+    fit_tiny(settings, model, data)
     return read_checkpoint(f"{settings.run_dir}/checkpoints/tiny_1.pth")
 
 

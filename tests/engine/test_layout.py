@@ -5,11 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from cellmap_train.engine import fit
 from cellmap_train.engine.checkpoint import read_checkpoint
 from cellmap_train.engine.layout import FORMATS, model_to_channels_last, to_channels_last, wants_channels_last
-from cellmap_train.engine.losses import MaskedBCELoss
 from cellmap_train.models import UNet
+from engine_helpers import fit_tiny
 
 
 def is_channels_last(tensor: torch.Tensor) -> bool:
@@ -57,7 +56,7 @@ def test_fit_trains_in_the_layout_asked_and_its_checkpoint_loads_anywhere(settin
                                                                           make_settings, tmp_path):
     model = unet_model()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
-    fit(make_settings(epochs=1, channels_last=setting), model, optimizer, None, MaskedBCELoss(), tiny_data)
+    fit_tiny(make_settings(epochs=1, channels_last=setting), model, tiny_data, optimizer=optimizer)
     conv = next(p for p in model.parameters() if p.dim() == 4 and p.shape[1] > 1)  # 1 channel: either layout
     assert is_channels_last(conv) == (setting is None)  # null: on, since the device is the CPU
     # the optimizer's moments follow the weights' layout, so its update is not a strided slow path
