@@ -85,7 +85,7 @@ def test_training_rides_out_an_outage_mid_epoch(spawn, relay, s3_demo_bucket, tm
     deadline = time.monotonic() + 120
     while relay.refused < 1 and time.monotonic() < deadline and proc.poll() is None:
         time.sleep(0.05)
-    assert relay.refused >= 1, "no read was attempted during the outage"
+    assert relay.refused >= 1, f"no read was attempted during the outage (run exit code: {proc.poll()})"
     time.sleep(1)
     relay.restore()
     out, err = proc.communicate(timeout=300)
