@@ -7,9 +7,8 @@ import math
 import pytest
 import torch
 
-from cellmap_train.engine import fit
 from cellmap_train.engine.checkpoint import read_checkpoint
-from cellmap_train.engine.losses import MaskedBCEDiceLoss, MaskedBCELoss
+from cellmap_train.engine.losses import MaskedBCEDiceLoss
 from cellmap_train.errors import CheckpointError, ConfigError
 from engine_helpers import fit_tiny
 
@@ -79,7 +78,7 @@ def test_checkpoint_of_another_optimizer_is_an_error_naming_it(tiny_data, conv_m
     model = conv_model()
     sgd = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
     with pytest.raises(CheckpointError, match="tiny_1.pth: cannot resume"):
-        fit(make_settings(load_model="latest"), model, sgd, None, MaskedBCELoss(), tiny_data)
+        fit_tiny(make_settings(load_model="latest"), model, tiny_data, optimizer=sgd)
 
 
 def test_unknown_best_metric_is_a_config_error(tiny_data, conv_model, make_settings):
