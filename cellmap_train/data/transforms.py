@@ -39,27 +39,28 @@ def rotation_margin(shape: Sequence[int], matrix: np.ndarray) -> np.ndarray:
     return np.maximum(np.ceil(excess - 1e-6) + np.where(onto_voxels, 0, 1), 0).astype(int)
 
 
-def rotate_sample(raw: np.ndarray, labels: np.ndarray, matrix: np.ndarray, raw_shape: Sequence[int] | None = None,
-                  label_shape: Sequence[int] | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Rotate raw [Z,Y,X] (linear) and labels [C,Z,Y,X] (nearest) about their centre into arrays
-    of `raw_shape` / `label_shape` (default: their own shapes).
-
-    The inputs may be larger than the outputs: the margin around the sample is the context the
-    rotated corners are filled from (`rotation_margin`). Voxels whose source lies outside the
-    inputs are 0 in raw and unknown (NaN) in labels.
-    """
-    raw_shape = tuple(raw_shape or raw.shape)
-    label_shape = tuple(label_shape or labels.shape[1:])
-    grids: dict = {}  # raw and labels usually share one (3 floats per output voxel: worth reusing)
-    raw_out = _turn(raw[None].astype(np.float32), matrix, raw_shape, "bilinear", grids)[0]
-    # labels shifted by 1 so that the 0 padding marks what came from outside
-    lab_out = _turn(np.add(labels, 1, dtype=np.float32), matrix, label_shape, "nearest", grids)
-    lab_out -= 1
-    lab_out[lab_out == -1] = np.nan
-    if np.issubdtype(raw.dtype, np.integer):  # keep the dtype so value transforms scale it right
+def _turn_raw(raw: np.ndarray, matrix: np.ndarray, out_shape: Sequence[int], grids: dict) -> np.ndarray:
+    """raw [*in] turned by linear interpolation into `out_shape`, 0 from outside; an integer
+    dtype is kept, so that value transforms scale it right."""
+    out = _turn(raw[None].astype(np.float32), matrix, out_shape, "bilinear", grids)[0]
+    if np.issubdtype(raw.dtype, np.integer):
         info = np.iinfo(raw.dtype)
-        raw_out = np.clip(np.rint(raw_out), info.min, info.max).astype(raw.dtype)
-    return raw_out, lab_out
+        out = np.clip(np.rint(out), info.min, info.max).astype(raw.dtype)
+    return out
+
+
+def _turn_labels(labels: np.ndarray, matrix: np.ndarray, out_shape: Sequence[int], grids: dict) -> np.ndarray:
+    """labels [C, *in] turned by nearest neighbour on raw's sampling grid, NaN from outside."""
+    out = _turn(np.add(labels, 1, dtype=np.float32), matrix, out_shape, "nearest", grids)  # 0 padding = from outside
+    out -= 1
+    out[out == -1] = np.nan
+    return out
+
+
+def _fixed_axes(matrix: np.ndarray) -> list[int]:
+    """The axes a turn leaves alone (z for a turn about z; a flat sample's turns are in its plane)."""
+    off_axis = np.abs(matrix - np.eye(3))
+    return [i for i in range(3) if off_axis[i].max() < 1e-9 and off_axis[:, i].max() < 1e-9]
 
 
 def _turn(values: np.ndarray, matrix: np.ndarray, out_shape: Sequence[int], mode: str, grids: dict) -> np.ndarray:
@@ -68,9 +69,7 @@ def _turn(values: np.ndarray, matrix: np.ndarray, out_shape: Sequence[int], mode
     A turn that leaves an axis fixed (about z, or any in-plane turn of a [1,H,W] sample) is
     done as a 2D turn batched over that axis: cheaper, and exact for flat samples."""
     in_shape = values.shape[1:]
-    off_axis = np.abs(matrix - np.eye(3))
-    fixed = [i for i in range(3) if off_axis[i].max() < 1e-9 and off_axis[:, i].max() < 1e-9
-             and in_shape[i] == out_shape[i]]
+    fixed = [i for i in _fixed_axes(matrix) if in_shape[i] == out_shape[i]]
     if not fixed:
         grid = _sampling_grid(out_shape, in_shape, matrix, grids)
         return F.grid_sample(torch.from_numpy(values)[None], grid, mode=mode, padding_mode="zeros",
@@ -93,6 +92,45 @@ def _sampling_grid(out_size: Sequence[int], in_size: Sequence[int], matrix: np.n
     if key not in grids:
         grids[key] = _make_grid(out_size, in_size, matrix)
     return grids[key]
+
+
+def _gather_nearest(labels: np.ndarray, matrix: np.ndarray, out_shape: Sequence[int]) -> np.ndarray:
+    """labels [C, *in] -> float32 [C, *out_shape]: output voxel k takes the input voxel nearest to
+    centre_in + matrix @ (k - centre_out), NaN where that lies outside the input. `matrix` may
+    be any 3x3 map, e.g. a rotation composed with flips and axis swaps (`SpatialDraw`).
+
+    A gather, not an interpolation: one index per output voxel, shared by the channels; an input
+    axis that depends on few output axes keeps its index 1-long along the others."""
+    values = np.ascontiguousarray(labels, dtype=np.float32)
+    in_shape, d = values.shape[1:], len(out_shape)
+    centre_in, centre_out = (np.asarray(in_shape) - 1) / 2, (np.asarray(out_shape) - 1) / 2
+    steps = [(np.arange(n) - c).reshape([n if a == j else 1 for a in range(d)])
+             for j, (n, c) in enumerate(zip(out_shape, centre_out))]
+    flat, outside, stride = None, None, 1
+    for i in reversed(range(d)):  # flat index into the C-ordered input, last axis first
+        # only the output axes this input axis depends on are spelled out; the rest broadcast
+        index = sum((matrix[i, j] * steps[j] for j in range(d) if matrix[i, j] != 0), centre_in[i])
+        np.rint(index, out=index)
+        reach = float(np.abs(matrix[i]) @ centre_out)  # the furthest source along this axis, from the corners
+        if round(centre_in[i] - reach) < 0 or round(centre_in[i] + reach) > in_shape[i] - 1:
+            beyond = (index < 0) | (index > in_shape[i] - 1)
+            outside = beyond if outside is None else outside | beyond
+            np.clip(index, 0, in_shape[i] - 1, out=index)
+        index *= stride
+        # float64 sums are exact far beyond any array's size; in place where the shapes allow,
+        # since fresh full-size buffers cost as much as the arithmetic
+        if flat is None:
+            flat = index
+        elif index.shape == np.broadcast_shapes(flat.shape, index.shape):
+            flat = np.add(index, flat, out=index)
+        else:
+            flat = flat + index
+        stride *= in_shape[i]
+    flat = np.broadcast_to(flat, out_shape).astype(np.intp)
+    out = values.reshape(values.shape[0], -1).take(flat, axis=1)
+    if outside is not None:
+        np.copyto(out, np.nan, where=outside)  # broadcast, not spelled out per channel
+    return out
 
 
 def _make_grid(out_size: Sequence[int], in_size: Sequence[int], matrix: np.ndarray) -> torch.Tensor:
@@ -139,14 +177,33 @@ class SpatialDraw:
         return read
 
     def apply(self, raw: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """raw [Z,Y,X] and labels [C,Z,Y,X], read with or without the margins -> the sample's shapes."""
+        """raw [Z,Y,X] and labels [C,Z,Y,X], read with or without the margins -> the sample's shapes.
+
+        The inputs may be larger than the outputs: the margin around the sample is the context
+        the rotated corners are filled from (`rotation_margin`). Voxels whose source lies outside
+        the inputs are 0 in raw and unknown (NaN) in labels."""
+        raw_view, labels_view = raw, labels
         for i in self.flips:
-            raw, labels = np.flip(raw, i), np.flip(labels, i + 1)
-        raw, labels = raw.transpose(self.order), labels.transpose([0] + [i + 1 for i in self.order])
+            raw_view, labels_view = np.flip(raw_view, i), np.flip(labels_view, i + 1)
+        raw_view, labels_view = raw_view.transpose(self.order), labels_view.transpose([0] + [i + 1 for i in self.order])
         if self.matrix is None:
-            return raw, labels
-        return rotate_sample(raw, labels, self.matrix, [self.raw_shape[i] for i in self.order],
-                             [self.label_shape[i] for i in self.order])
+            return raw_view, labels_view
+        raw_shape = [self.raw_shape[i] for i in self.order]
+        label_shape = [self.label_shape[i] for i in self.order]
+        grids: dict = {}  # raw and labels share a plane turn's grid (3 floats per output voxel: worth reusing)
+        raw_out = _turn_raw(raw_view, self.matrix, raw_shape, grids)
+        if _fixed_axes(self.matrix):  # a batched 2D sample on raw's grid: cheapest for flat samples
+            return raw_out, _turn_labels(labels_view, self.matrix, label_shape, grids)
+        # a 3D turn: an index gather from the labels as read, the flips and the axis order folded
+        # into the map: 1.3-1.5x faster than sampling a copy of the flipped, swapped labels
+        return raw_out, _gather_nearest(labels, self._frame() @ self.matrix, label_shape)
+
+    def _frame(self) -> np.ndarray:
+        """Centred coordinates after the flips and the axis order -> as read."""
+        frame = np.zeros((3, 3))
+        for a, i in enumerate(self.order):
+            frame[i, a] = -1.0 if i in self.flips else 1.0
+        return frame
 
 
 class SpatialTransform:

@@ -152,3 +152,42 @@ def test_read_context_is_an_override_away(compose_cfg):
     for group in ("default", "3d"):
         cfg = compose_cfg(f"transforms={group}", "transforms.train.spatial.read_context=true")
         assert instantiate(cfg.transforms.train).spatial.read_context is True
+
+
+def nearest_by_definition(labels: np.ndarray, draw, out_shape) -> tuple[np.ndarray, np.ndarray]:
+    """The labels sample voxel by voxel, as SpatialDraw defines it: flip, swap the axes, then take
+    the voxel nearest to centre + matrix @ (k - centre); NaN outside. Also where a source sits
+    within 1e-6 of a rounding tie, which either neighbour may rightly fill."""
+    view = labels
+    for i in draw.flips:
+        view = np.flip(view, i + 1)
+    view = view.transpose([0] + [i + 1 for i in draw.order])
+    in_shape = np.array(view.shape[1:])
+    out = np.full((labels.shape[0], *out_shape), np.nan, dtype=np.float32)
+    ties = np.zeros(out_shape, dtype=bool)
+    for k in np.ndindex(*out_shape):
+        source = (in_shape - 1) / 2 + draw.matrix @ (np.array(k) - (np.array(out_shape) - 1) / 2)
+        ties[k] = (np.abs(source % 1 - 0.5) < 1e-6).any()
+        index = np.rint(source).astype(int)
+        if (index >= 0).all() and (index < in_shape).all():
+            out[(slice(None), *k)] = view[(slice(None), *index)]
+    return out, ties
+
+
+@pytest.mark.parametrize("shape, margin, axes", [((1, 9, 9), 0, "z"), ((1, 9, 9), 3, "z"), ((7, 7, 7), 2, "z"),
+                                                 ((7, 7, 7), 0, "zyx"), ((7, 7, 7), 3, "zyx")])
+def test_rotated_labels_are_the_nearest_voxel_of_the_flipped_swapped_turned_sample(shape, margin, axes):
+    """Both ways labels are turned, a batched 2D sample of the flipped, swapped views (turns in a
+    plane) and an index gather from the array as read with the flips and swaps folded into the
+    map (3D turns), give the voxel the definition names, for random flips, swaps and turns."""
+    spatial = SpatialTransform({a: 0.5 for a in "zyx"}, ["x", "y", "z"], {a: [-180, 180] for a in axes})
+    read = [s + 2 * margin * (s > 1 and (a != 0 or axes != "z")) for a, s in enumerate(shape)]  # a turn about z reads no z margin
+    labels = np.arange(2 * np.prod(read), dtype=np.float32).reshape(2, *read)  # every voxel tells where it came from
+    labels[1, ::2] = np.nan  # unknown voxels travel as they are
+    for seed in range(20):
+        draw = spatial.draw(np.random.default_rng(seed), shape, shape)
+        out_shape = [shape[i] for i in draw.order]
+        _, out_labels = draw.apply(np.zeros(read, dtype=np.uint8), labels)
+        expected, ties = nearest_by_definition(labels, draw, out_shape)
+        assert out_labels.shape == (2, *out_shape) and out_labels.dtype == np.float32
+        np.testing.assert_array_equal(out_labels[:, ~ties], expected[:, ~ties])
