@@ -1,6 +1,6 @@
 """The benchmark scripts stay runnable (they are not timed here: their figures live in
 benchmarks/RESULTS.md): a tiny engine benchmark with AMP, as a GPU session would run it; the
-layout benchmark on two models; the sweep benchmark with two-step jobs; the rotation benchmark
+layout benchmark on two models; the sweep benchmark with one-step jobs, two alternated pairs; the rotation benchmark
 on small crops."""
 
 from __future__ import annotations
@@ -9,6 +9,8 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -36,13 +38,15 @@ def test_layout_benchmark_runs(tmp_path):
 
 def test_sweep_benchmark_runs(demo_cache, tmp_path):
     env = {**os.environ, "CELLMAP_TRAIN_DEMO_DIR": str(demo_cache)}
-    proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "sweep.py"), "--epochs", "1", "--iterations", "2"],
-                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "sweep.py"), "--epochs", "1", "--iterations", "1",
+                           "--repeats", "2"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "4-job demo sweep (1 epochs, 2 steps per job" in proc.stdout
-    assert proc.stdout.count("jobs ok: 4/4") == 2
-    ratio = float(proc.stdout.split("ratio joblib / basic:")[1].split()[0])
-    assert ratio > 0
+    assert "4-job demo sweep (1 epochs, 1 steps per job" in proc.stdout
+    assert proc.stdout.count("jobs ok: 4/4") == 4  # two alternated pairs
+    ratios = [float(part.split()[0]) for part in proc.stdout.split("ratio joblib / basic:")[1:]]
+    median = float(proc.stdout.split("median of 2 ratios:")[1].split()[0])
+    assert len(ratios) == 2 and all(r > 0 for r in ratios)
+    assert median == pytest.approx(sum(ratios) / 2, abs=0.006)  # printed to 2 decimals
 
 
 def test_rotation_benchmark_runs(tmp_path):
