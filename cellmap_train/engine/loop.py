@@ -33,7 +33,7 @@ from cellmap_train.engine.layout import apply_layout
 from cellmap_train.engine.pause_hook import pause_point
 from cellmap_train.engine.prefetch import DeviceBatches
 from cellmap_train.engine.progress import Progress
-from cellmap_train.engine.settings import TrainSettings, pick_device, seed_everything
+from cellmap_train.engine.settings import TrainSettings, pick_device, seed_everything, set_backends
 from cellmap_train.engine.validate import validate
 from cellmap_train.errors import ConfigError, UserError
 
@@ -75,8 +75,7 @@ def _fit(settings: TrainSettings, model: torch.nn.Module, optimizer: torch.optim
     check_best_metric(settings, data.classes)
     device = distributed.device_for(info, pick_device(settings.device))
     seed_everything(settings.seed, settings.deterministic)
-    if settings.num_threads:
-        torch.set_num_threads(settings.num_threads)
+    set_backends(settings, device)  # CPU threads, cuDNN autotuner
     model.to(device)
     channels_last = apply_layout(model, settings.channels_last, device)
     criterion = criterion.to(device) if isinstance(criterion, torch.nn.Module) else criterion

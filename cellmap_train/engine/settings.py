@@ -31,6 +31,7 @@ class TrainSettings:
     compile: bool = False
     channels_last: bool | None = None  # None = on for CPU (faster oneDNN convolutions), off elsewhere
     deterministic: bool = False
+    cudnn_benchmark: bool | None = None  # None = on for CUDA unless deterministic (cuDNN times its algorithms once per shape)
     scheduler_interval: str = "auto"  # auto | epoch | step (auto: step for OneCycleLR/CyclicLR)
     best_metric: str = "dice/mean"
     low_is_best: bool = False
@@ -60,6 +61,9 @@ class TrainSettings:
             (_none_or_at_least(self.early_stopping_patience, 1), f"trainer.early_stopping_patience must be null or >= 1, got {self.early_stopping_patience}"),
             (self.num_threads is None or self.num_threads >= 1, f"trainer.num_threads must be null or >= 1, got {self.num_threads}"),
             (self.log_every_n_steps >= 1, f"trainer.log_every_n_steps must be >= 1, got {self.log_every_n_steps}"),
+            (not (self.cudnn_benchmark and self.deterministic),
+             "trainer.cudnn_benchmark=true contradicts trainer.deterministic=true (the autotuner may pick a different "
+             "algorithm each run); leave cudnn_benchmark null"),
         ]
         for ok, message in checks:
             if not ok:
@@ -86,6 +90,17 @@ def pick_device(name: str | None) -> torch.device:
     if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
         return torch.device("mps")
     return torch.device("cpu")
+
+
+def set_backends(settings: TrainSettings, device: torch.device) -> None:
+    """The process-wide torch switches the settings ask for: CPU threads, and cuDNN's autotuner,
+    which times the convolution algorithms once per input shape and keeps the fastest. A training
+    run's shapes are fixed, so that pays on CUDA (nnU-Net turns it on too); it is off when the run
+    must be deterministic, and meaningless elsewhere."""
+    if settings.num_threads:
+        torch.set_num_threads(settings.num_threads)
+    wanted = settings.cudnn_benchmark
+    torch.backends.cudnn.benchmark = (device.type == "cuda" and not settings.deterministic) if wanted is None else wanted
 
 
 def seed_everything(seed: int, deterministic: bool = False) -> None:

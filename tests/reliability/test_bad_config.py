@@ -23,6 +23,8 @@ CASES = {
     "2d_model_3d_shape": (["input_array_info.shape=[8,64,64]"], "model=2d_unet is 2D but input_array_info.shape=[8, 64, 64] is 3D"),
     "3d_model_2d_shape": (["model=3d_unet", "input_array_info.shape=[1,64,64]"], "model=3d_unet is 3D but"),
     "bad_amp": (["trainer.amp=fp8"], "trainer.amp must be null, bf16 or fp16"),
+    "autotuner_when_deterministic": (["trainer.cudnn_benchmark=true", "trainer.deterministic=true"],
+                                     "trainer.cudnn_benchmark=true contradicts trainer.deterministic=true"),
     # found by the fuzz test: a number where a list belongs, a device that is neither name nor index
     "shape_not_a_list": (["input_array_info.shape=134"], "input_array_info.shape=134: must be 2 or 3 voxel counts"),
     "shape_with_zero": (["input_array_info.shape=[1,0,64]"], "input_array_info.shape=[1, 0, 64]: must be 2 or 3"),
