@@ -33,7 +33,7 @@ from hydra.utils import instantiate
 from cellmap_train.config import config_dir
 from cellmap_train.engine.layout import apply_layout
 from cellmap_train.engine.prefetch import DeviceBatches
-from cellmap_train.engine.settings import pick_device
+from cellmap_train.engine.settings import pick_device, set_backends
 
 REPO = Path(__file__).resolve().parents[1]
 OVERRIDES = ["experiment=demo", "model=2d_unet", "batch_size=8"]
@@ -49,7 +49,7 @@ def build(run_dir: Path, overrides: list[str]):
     optimizer = instantiate(cfg.optimizer)(model.parameters())
     data = instantiate(cfg.data, datasplit_path=str(run_dir / "datasplit.csv"),
                        train_transforms=instantiate(cfg.transforms.train), val_transforms=instantiate(cfg.transforms.val))
-    return model, optimizer, instantiate(cfg.loss), data, cfg.trainer.channels_last
+    return model, optimizer, instantiate(cfg.loss), data, instantiate(cfg.trainer)
 
 
 AMP = {"bf16": torch.bfloat16, "fp16": torch.float16}
@@ -80,9 +80,10 @@ def timed_steps(model, optimizer, criterion, batches, steps: int, device: torch.
 
 def loader_vs_preloaded(steps: int, warmup: int, overrides: list[str], device: torch.device, amp: str | None) -> None:
     with tempfile.TemporaryDirectory() as tmp:
-        model, optimizer, criterion, data, layout_setting = build(Path(tmp), overrides)
+        model, optimizer, criterion, data, settings = build(Path(tmp), overrides)
+        set_backends(settings, device)  # as the loop does: threads, cuDNN autotuner
         model.to(device).train()
-        channels_last = apply_layout(model, layout_setting, device)  # as the loop does
+        channels_last = apply_layout(model, settings.channels_last, device)
         criterion = criterion.to(device) if isinstance(criterion, torch.nn.Module) else criterion
         stream = iter(data.train_loader())
         timed_steps(model, optimizer, criterion, stream, warmup, device, amp, channels_last)  # workers started, caches warm
@@ -97,7 +98,7 @@ def loader_vs_preloaded(steps: int, warmup: int, overrides: list[str], device: t
     n = 2 * steps
     print(f"model: {type(model).__name__} {sum(p.numel() for p in model.parameters()) / 1e6:.2f} M parameters, "
           f"batch {data.batch_size}, input {list(data.input_info.shape)}, device {device}, amp {amp}, "
-          f"channels_last {channels_last}, "
+          f"channels_last {channels_last}, cudnn_benchmark {torch.backends.cudnn.benchmark}, "
           f"{torch.get_num_threads()} torch threads, loader kwargs {data.dataloader_kwargs}")
     print(f"real loader   : {n / loader_s:7.2f} it/s  ({n} steps, {loader_s:.1f} s)")
     print(f"pre-loaded    : {n / preloaded_s:7.2f} it/s  ({n} steps, {preloaded_s:.1f} s)")
