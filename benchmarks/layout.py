@@ -82,6 +82,7 @@ def main() -> None:
     parser.add_argument("--amp", choices=sorted(AMP), default=None)
     args = parser.parse_args()
     device = torch.device(args.device)
+    torch.backends.cudnn.benchmark = device.type == "cuda"  # as a run's default (trainer.cudnn_benchmark)
     gpu = f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else ""
     print(f"torch {torch.__version__}, device {device}{gpu}, amp {args.amp}, {args.steps} steps x 2 rounds per layout")
     print(f"{'model':<10} {'threads':>7} {'batch':<20} {'default':>10} {'channels_last':>14} {'ratio':>6}")

@@ -75,6 +75,7 @@ def main() -> None:
     parser.add_argument("--channels-last", choices=LAYOUTS, default="auto", help="auto: as training decides for the device")
     args = parser.parse_args()
     device = torch.device(args.device)
+    torch.backends.cudnn.benchmark = device.type == "cuda"  # as a run's default (trainer.cudnn_benchmark)
     layout = LAYOUTS[args.channels_last]
     print(f"torch {torch.__version__}, device {device}, {torch.get_num_threads()} threads, "
           f"{'channels-last' if wants_channels_last(layout, device) else 'default'} layout")
