@@ -195,7 +195,8 @@ class SpatialDraw:
         if _fixed_axes(self.matrix):  # a batched 2D sample on raw's grid: cheapest for flat samples
             return raw_out, _turn_labels(labels_view, self.matrix, label_shape, grids)
         # a 3D turn: an index gather from the labels as read, the flips and the axis order folded
-        # into the map: 1.2-1.45x faster than sampling a copy of the flipped, swapped labels
+        # into the map; against sampling a copy of the flipped, swapped labels it is 1.2-1.45x
+        # faster with 3 classes and 1.9-4.5x with 48 (benchmarks/RESULTS.md)
         return raw_out, _gather_nearest(labels, self._frame() @ self.matrix, label_shape)
 
     def _frame(self) -> np.ndarray:
