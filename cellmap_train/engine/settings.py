@@ -61,6 +61,7 @@ class TrainSettings:
             (_none_or_at_least(self.early_stopping_patience, 1), f"trainer.early_stopping_patience must be null or >= 1, got {self.early_stopping_patience}"),
             (self.num_threads is None or self.num_threads >= 1, f"trainer.num_threads must be null or >= 1, got {self.num_threads}"),
             (self.log_every_n_steps >= 1, f"trainer.log_every_n_steps must be >= 1, got {self.log_every_n_steps}"),
+            (self.cudnn_benchmark is None or isinstance(self.cudnn_benchmark, bool), f"trainer.cudnn_benchmark must be null, true or false, got {self.cudnn_benchmark!r}"),
             (not (self.cudnn_benchmark and self.deterministic),
              "trainer.cudnn_benchmark=true contradicts trainer.deterministic=true (the autotuner may pick a different "
              "algorithm each run); leave cudnn_benchmark null"),
