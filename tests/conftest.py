@@ -14,9 +14,12 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def pytest_collection_modifyitems(items):
-    """Tests marked `longest` go first: pytest-xdist hands out whole modules in collection order,
-    and the README demo run (a minute alone, three beside other tests) must not end the suite alone."""
-    items.sort(key=lambda item: item.get_closest_marker("longest") is None)
+    """Modules with a test marked `longest` go first: pytest-xdist hands out whole modules in the
+    order their first test is collected, and the README demo run (a minute alone, three beside
+    other tests) must not end the suite alone. Whole modules move, in their own order, so that
+    their module fixtures are still made once when the suite runs in one process (`-n0`)."""
+    first = {item.nodeid.split("::")[0] for item in items if item.get_closest_marker("longest")}
+    items.sort(key=lambda item: item.nodeid.split("::")[0] not in first)
 
 
 @pytest.fixture(scope="session")
