@@ -20,6 +20,7 @@ from hydra import compose, initialize_config_dir
 
 from cellmap_train.config import config_dir
 from cellmap_train.engine.layout import model_to_channels_last, to_channels_last
+from cellmap_train.engine.settings import wants_cudnn_benchmark
 from cellmap_train.models.build import build_model
 
 MODELS = ["2d_unet", "2d_resnet", "3d_unet", "3d_resnet", "vitnet"]
@@ -82,7 +83,7 @@ def main() -> None:
     parser.add_argument("--amp", choices=sorted(AMP), default=None)
     args = parser.parse_args()
     device = torch.device(args.device)
-    torch.backends.cudnn.benchmark = device.type == "cuda"  # as a run's default (trainer.cudnn_benchmark)
+    torch.backends.cudnn.benchmark = wants_cudnn_benchmark(None, False, device)  # a run's default
     gpu = f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else ""
     print(f"torch {torch.__version__}, device {device}{gpu}, amp {args.amp}, {args.steps} steps x 2 rounds per layout")
     print(f"{'model':<10} {'threads':>7} {'batch':<20} {'default':>10} {'channels_last':>14} {'ratio':>6}")

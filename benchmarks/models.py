@@ -21,6 +21,7 @@ from hydra import compose, initialize_config_dir
 
 from cellmap_train.config import config_dir
 from cellmap_train.engine.layout import apply_layout, to_channels_last, wants_channels_last
+from cellmap_train.engine.settings import wants_cudnn_benchmark
 from cellmap_train.models.build import build_model
 
 # 2D options on the default [1,128,128] slices, 3D ones on the challenge's train_3D shape
@@ -75,7 +76,7 @@ def main() -> None:
     parser.add_argument("--channels-last", choices=LAYOUTS, default="auto", help="auto: as training decides for the device")
     args = parser.parse_args()
     device = torch.device(args.device)
-    torch.backends.cudnn.benchmark = device.type == "cuda"  # as a run's default (trainer.cudnn_benchmark)
+    torch.backends.cudnn.benchmark = wants_cudnn_benchmark(None, False, device)  # a run's default
     layout = LAYOUTS[args.channels_last]
     print(f"torch {torch.__version__}, device {device}, {torch.get_num_threads()} threads, "
           f"{'channels-last' if wants_channels_last(layout, device) else 'default'} layout")

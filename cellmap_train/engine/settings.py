@@ -93,15 +93,18 @@ def pick_device(name: str | None) -> torch.device:
     return torch.device("cpu")
 
 
+def wants_cudnn_benchmark(setting: bool | None, deterministic: bool, device: torch.device) -> bool:
+    """cuDNN's autotuner times the convolution algorithms once per input shape and keeps the
+    fastest. A training run's shapes are fixed, so `None` turns it on for CUDA (nnU-Net does too)
+    unless the run must be deterministic; elsewhere it is meaningless."""
+    return (device.type == "cuda" and not deterministic) if setting is None else setting
+
+
 def set_backends(settings: TrainSettings, device: torch.device) -> None:
-    """The process-wide torch switches the settings ask for: CPU threads, and cuDNN's autotuner,
-    which times the convolution algorithms once per input shape and keeps the fastest. A training
-    run's shapes are fixed, so that pays on CUDA (nnU-Net turns it on too); it is off when the run
-    must be deterministic, and meaningless elsewhere."""
+    """The process-wide torch switches the settings ask for: CPU threads, cuDNN's autotuner."""
     if settings.num_threads:
         torch.set_num_threads(settings.num_threads)
-    wanted = settings.cudnn_benchmark
-    torch.backends.cudnn.benchmark = (device.type == "cuda" and not settings.deterministic) if wanted is None else wanted
+    torch.backends.cudnn.benchmark = wants_cudnn_benchmark(settings.cudnn_benchmark, settings.deterministic, device)
 
 
 def seed_everything(seed: int, deterministic: bool = False) -> None:
