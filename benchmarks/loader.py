@@ -42,6 +42,18 @@ def ensure_data(root: Path, crops: int, crop_shape, raw_shape) -> Path:
     return root
 
 
+def add_crops_arguments(parser: argparse.ArgumentParser) -> None:
+    """--data-dir, and --crop-size for the tests' smaller data: the rotation and label benchmarks'."""
+    parser.add_argument("--data-dir", type=Path, default=Path.home() / ".cache/cellmap_train/bench-loader")
+    parser.add_argument("--crop-size", type=int, default=256, help=argparse.SUPPRESS)
+
+
+def ensure_crops(args: argparse.Namespace) -> Path:
+    """8 crops of crop-size^3 voxels in a volume 32 voxels wider (this benchmark's 3D data at 256)."""
+    size = args.crop_size
+    return ensure_data(args.data_dir / f"crops8-{size}", 8, (size,) * 3, (size + 32,) * 3)
+
+
 def ensure_split(root: Path) -> Path:
     from cellmap_train.data.datasplit import make_datasplit_csv
 

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from loader import CLASSES, SCALE, ensure_data  # noqa: E402  (the same data as the loader benchmark)
+from loader import CLASSES, SCALE, add_crops_arguments, ensure_crops  # noqa: E402  (the same data as the loader benchmark)
 
 CASES = [  # (sample shape, turned about)
     ([1, 128, 128], "z"),
@@ -35,6 +35,7 @@ CASES = [  # (sample shape, turned about)
 def measure(root: Path, shape, rotate, samples: int) -> dict:
     from cellmap_train.data import CellMapData
     from cellmap_train.data.transforms import BinarizeLabels, NormalizeRaw, SampleTransforms, SpatialTransform
+    from cellmap_train.labels import UNKNOWN
 
     sets = {}
     with tempfile.TemporaryDirectory() as tmp:
@@ -52,7 +53,7 @@ def measure(root: Path, shape, rotate, samples: int) -> dict:
         for name in [*sets] * 2:  # alternated, twice
             start, unknown = time.perf_counter(), []
             for i in range(samples):
-                unknown.append(np.isnan(sets[name][i][1].numpy()).mean())
+                unknown.append((sets[name][i][1].numpy() == UNKNOWN).mean())
             result.setdefault(name, []).append((time.perf_counter() - start) / samples * 1000)
             result[f"{name} unknown"] = float(np.mean(unknown))
     return {key: min(value) if isinstance(value, list) else value for key, value in result.items()}
@@ -60,13 +61,12 @@ def measure(root: Path, shape, rotate, samples: int) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data-dir", type=Path, default=Path.home() / ".cache/cellmap_train/bench-loader")
+    add_crops_arguments(parser)
     parser.add_argument("--samples", type=int, default=200, help="timed samples per 2D case")
     parser.add_argument("--samples-3d", type=int, default=10, help="timed samples per 3D case")
-    parser.add_argument("--crop-size", type=int, default=256, help=argparse.SUPPRESS)  # tests: smaller data
     args = parser.parse_args()
     size = args.crop_size
-    root = ensure_data(args.data_dir / f"crops8-{size}", 8, (size,) * 3, (size + 32,) * 3)
+    root = ensure_crops(args)
     print(f"ms per training sample (best of 2, chunk cache warm) and unknown label voxels, data {root}")
     print(f"{'sample':32s} {'with context':>13s} {'blank corners':>14s} {'time ratio':>11s}   unknown: with / blank")
     for shape, axes in CASES:

@@ -1,7 +1,7 @@
 """The benchmark scripts stay runnable (they are not timed here: their figures live in
 benchmarks/RESULTS.md): a tiny engine benchmark with AMP, as a GPU session would run it; the
-layout benchmark on two models; the sweep benchmark with one-step jobs, two alternated pairs; the rotation benchmark
-on small crops."""
+layout benchmark on two models; the sweep benchmark with one-step jobs, two alternated pairs; the rotation and
+label-transport benchmarks on small crops."""
 
 from __future__ import annotations
 
@@ -59,3 +59,15 @@ def test_rotation_benchmark_runs(tmp_path):
     for row in rows:  # the context never leaves more unknown than blank corners do
         with_context, blank = (float(v.rstrip("%")) for v in row.split()[-3::2])
         assert with_context <= blank
+
+
+def test_label_transport_benchmark_runs(tmp_path):
+    proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "labels.py"), "--data-dir", str(tmp_path),
+                           "--crop-size", "64", "--shape", "16", "16", "16", "--warmup", "1", "--batches", "2"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "labels of 48 classes, batch 2 x 16x16x16" in proc.stdout
+    sizes = next(line for line in proc.stdout.splitlines() if line.startswith("MiB per label batch")).split()
+    assert sizes[-1] == "4.00x"  # float32 against uint8, measured on the batches the workers sent
+    speed = next(line for line in proc.stdout.splitlines() if line.startswith("batches/s")).split()
+    assert float(speed[-1].rstrip("x")) > 0

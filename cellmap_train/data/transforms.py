@@ -11,6 +11,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from cellmap_train.labels import UNKNOWN
+
 AXES = "zyx"
 
 
@@ -271,14 +273,15 @@ class NormalizeRaw:
 
 
 class BinarizeLabels:
-    """Values above `threshold` are 1, the rest 0; unknown (NaN) stays NaN."""
+    """Values above `threshold` are 1, the rest 0, unknown (NaN) becomes UNKNOWN: uint8, a
+    quarter of float32's bytes on the way to the device (`cellmap_train/labels.py`)."""
 
     def __init__(self, threshold: float = 0.0):
         self.threshold = float(threshold)
 
     def __call__(self, labels: np.ndarray) -> np.ndarray:
-        out = (labels > self.threshold).astype(np.float32)
-        out[np.isnan(labels)] = np.nan
+        out = (labels > self.threshold).view(np.uint8)  # False/True are stored as 0/1: no copy
+        out[np.isnan(labels)] = UNKNOWN
         return out
 
 
@@ -296,7 +299,8 @@ class SampleTransforms:
         return self.spatial.draw(rng, raw_shape, label_shape) if self.spatial is not None else None
 
     def apply(self, draw: SpatialDraw | None, raw: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """raw [Z,Y,X] and labels [C,Z,Y,X], read with `draw`'s margins -> the float32 sample."""
+        """raw [Z,Y,X] and labels [C,Z,Y,X], read with `draw`'s margins -> the sample: raw float32,
+        labels uint8 after `BinarizeLabels`, float32 with NaN = unknown without a target transform."""
         if draw is not None:
             raw, labels = draw.apply(raw, labels)
         raw = self.raw(raw) if self.raw is not None else raw.astype(np.float32)

@@ -7,6 +7,7 @@ from typing import Iterable, Iterator
 import torch
 
 from cellmap_train.engine.layout import to_channels_last
+from cellmap_train.labels import as_float
 
 
 class DeviceBatches:
@@ -15,7 +16,8 @@ class DeviceBatches:
     forward and backward are queued and before it reads the loss back, so on a GPU the host
     waits on the DataLoader (a few ms per batch to receive it from a worker) while the device
     computes, not between steps while the device idles. On a CPU the order changes nothing.
-    With `channels_last`, raw batches are handed over in the layout the model's weights use."""
+    With `channels_last`, raw batches are handed over in the layout the model's weights use;
+    uint8 labels arrive as float32 with NaN = unknown (`cellmap_train/labels.py`)."""
 
     def __init__(self, batches: Iterable, device: torch.device, channels_last: bool = False):
         self.batches: Iterator = iter(batches)
@@ -27,6 +29,7 @@ class DeviceBatches:
         if self.ready is None:
             raw, target = next(self.batches)
             raw, target = raw.to(self.device, non_blocking=True), target.to(self.device, non_blocking=True)
+            target = as_float(target)  # uint8 on the way, float32 + NaN where it is read (on the device)
             self.ready = (to_channels_last(raw) if self.channels_last else raw), target
 
     def __iter__(self) -> "DeviceBatches":

@@ -13,7 +13,9 @@ import torch
 from cellmap_train.data import CellMapData
 from cellmap_train.data.dataset import crop_probabilities
 from cellmap_train.data.transforms import BinarizeLabels, NormalizeRaw, SampleTransforms, SpatialTransform
+from cellmap_train.engine.prefetch import DeviceBatches
 from cellmap_train.errors import DataError
+from cellmap_train.labels import UNKNOWN, as_float
 
 CLASSES = ["nuc", "er", "mito"]
 
@@ -34,7 +36,31 @@ def test_2d_and_3d_batch_shapes(demo_root, tmp_path, shape, raw_shape):
     raw, labels = next(iter(data.train_loader()))
     assert tuple(raw.shape) == raw_shape and tuple(labels.shape) == (4, 3, *raw_shape[2:])
     assert data.spatial_dims == (2 if len(raw_shape) == 4 else 3)
-    assert raw.dtype == labels.dtype == torch.float32 and 0 <= raw.min() and raw.max() <= 1
+    assert raw.dtype == torch.float32 and 0 <= raw.min() and raw.max() <= 1
+    assert labels.dtype == torch.uint8 and set(labels.unique().tolist()) <= {0, 1, UNKNOWN}
+
+
+class FloatBinarize(BinarizeLabels):
+    """Labels as they travelled before they were uint8: float32, NaN = unknown."""
+
+    def __call__(self, labels):
+        out = (labels > self.threshold).astype(np.float32)
+        out[np.isnan(labels)] = np.nan
+        return out
+
+
+def test_labels_travel_as_uint8_and_reach_the_device_as_float_with_nan(demo_root, tmp_path):
+    spatial = SpatialTransform({"x": 0.5}, ["x", "y"], {"z": [-180, 180]})
+    data = make_data(demo_root, tmp_path, (8, 16, 16), workers=1)
+    before = make_data(demo_root, tmp_path, (8, 16, 16), workers=1,
+                       train_transforms=SampleTransforms(spatial, NormalizeRaw(), FloatBinarize()))
+    _, sent = next(iter(data.train_loader()))
+    _, expected = next(iter(before.train_loader()))
+    _, received = next(DeviceBatches(data.train_loader(), torch.device("cpu")))
+    assert sent.dtype == torch.uint8 and expected.dtype == received.dtype == torch.float32
+    assert (sent == UNKNOWN).any() and (sent == 1).any() and (sent == 0).any()  # turned corners, and both values
+    torch.testing.assert_close(received, expected, equal_nan=True, rtol=0, atol=0)
+    assert as_float(expected) is expected  # float labels (no target transform, a loader of one's own) pass as they are
 
 
 def test_unannotated_class_is_nan_for_the_whole_sample(demo_root, tmp_path):

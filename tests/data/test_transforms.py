@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from hydra.utils import instantiate
 
+from cellmap_train.labels import UNKNOWN
 from cellmap_train.data.transforms import (BinarizeLabels, NormalizeRaw, SampleTransforms, SpatialTransform,
                                            rotation_margin, rotation_matrix)
 
@@ -71,7 +72,8 @@ def test_value_transforms():
     raw = np.array([0, 51, 255], dtype=np.uint8)
     np.testing.assert_allclose(NormalizeRaw("unit")(raw), [0, 0.2, 1])
     np.testing.assert_allclose(NormalizeRaw("meanstd", mean=51, std=51)(raw), [-1, 0, 4])
-    np.testing.assert_array_equal(BinarizeLabels(0)(np.array([0, 3, np.nan])), [0, 1, np.nan])
+    binary = BinarizeLabels(0)(np.array([0, 3, np.nan, -1], dtype=np.float32))
+    assert binary.dtype == np.uint8 and binary.tolist() == [0, 1, UNKNOWN, 0]
 
 
 def test_sample_is_a_pure_function_of_the_generator():

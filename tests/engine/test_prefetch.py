@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from cellmap_train.engine.prefetch import DeviceBatches
+from cellmap_train.labels import UNKNOWN
 
 
 def stream(n: int):
@@ -44,3 +45,12 @@ def test_the_end_of_a_finite_stream_is_stop_iteration():
     next(batches)
     with pytest.raises(StopIteration):
         batches.prefetch()
+
+
+def test_uint8_labels_become_float_with_nan_at_unknown_and_every_other_value_exact():
+    sent = torch.arange(256, dtype=torch.uint8).view(1, 1, 16, 16)  # BinarizeLabels gives 0, 1, UNKNOWN; any value maps
+    raw = torch.zeros(1, 1, 16, 16)
+    _, received = next(DeviceBatches(iter([(raw, sent)]), torch.device("cpu")))
+    assert received.dtype == torch.float32
+    assert torch.isnan(received).flatten().tolist() == [v == UNKNOWN for v in range(256)]
+    assert received.flatten()[:UNKNOWN].tolist() == list(range(UNKNOWN))
