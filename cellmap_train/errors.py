@@ -15,3 +15,7 @@ class DataError(UserError):
 
 class CheckpointError(UserError):
     pass
+
+
+class TrainingInterrupted(UserError):
+    """SIGTERM or Ctrl-C stopped training after checkpointing its step."""

@@ -3,7 +3,8 @@
 Every run writes `result.json` in its folder (status, one-line error, metrics, wall time).
 After a `--multirun`, the `SweepSummary` Hydra callback gathers the jobs' records into
 `summary.csv` in the sweep folder, prints them sorted by the best metric, and adds the mean
-and spread over seeds for every other combination of swept values.
+and spread over seeds for every other combination of swept values. A signal stops the whole
+sweep (`sweep_stop.py`).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 from cellmap_train.files import atomic_write
+from cellmap_train.sweep_stop import STOP_FILE, StopSweepOnSignal, runs_jobs_in_this_process, stops_the_sweep
 
 if TYPE_CHECKING:  # pandas is imported only when a sweep summary is made: every run's start-up is spared it
     import pandas as pd
@@ -99,8 +101,17 @@ class SweepSummary(Callback):
     def __init__(self, low_is_best: bool = False, fail_on_error: bool = True):
         self.low_is_best = low_is_best
         self.fail_on_error = fail_on_error
+        self.on_signal: StopSweepOnSignal | None = None
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        sweep_dir, launcher = Path(config.hydra.sweep.dir), str(config.hydra.launcher._target_)
+        (sweep_dir / STOP_FILE).unlink(missing_ok=True)  # continuing a stopped sweep runs what is left
+        if stops_the_sweep(launcher) and not runs_jobs_in_this_process(launcher):
+            self.on_signal = StopSweepOnSignal(sweep_dir).__enter__()  # left in on_multirun_end
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        if self.on_signal is not None:
+            self.on_signal.__exit__(None, None, None)
         sweep_dir = Path(config.hydra.sweep.dir)
         if not sweep_dir.is_dir():
             return
@@ -124,8 +135,12 @@ class SweepSummary(Callback):
             stats.to_csv(sweep_dir / "seed_stats.csv", index=False)
             print("\nOver seeds:")
             print(stats.to_string(index=False, na_rep="-", float_format=lambda v: f"{v:.4g}"))
-        failed = int((frame["status"] != "ok").sum())
+        counts = frame["status"].value_counts()
+        failed, stopped = int(counts.get("failed", 0)), int(counts.get("interrupted", 0) + counts.get("skipped", 0))
         if failed:
             print(f"\n{failed} of {len(frame)} jobs failed (see the error column).")
-            if self.fail_on_error:
-                raise SystemExit(1)
+        if stopped:
+            print(f"\nA signal stopped the sweep ({stopped} jobs interrupted or skipped): continue it with "
+                  f"hydra.sweep.dir={sweep_dir} load_model=latest and the same sweep overrides.")
+        if (failed or stopped) and self.fail_on_error:
+            raise SystemExit(1)

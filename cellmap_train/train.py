@@ -18,9 +18,11 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from cellmap_train import sweep_stop
 from cellmap_train.config import CONFIG_NAME, RUN_STAMP_ENV, check_shorthands, config_dir
-from cellmap_train.errors import UserError
+from cellmap_train.errors import TrainingInterrupted, UserError
 from cellmap_train.hydra_errors import one_line_hydra_errors
+from cellmap_train.interrupt import StopRequest
 from cellmap_train.sweep import write_result
 from cellmap_train.torchrun import is_rank_zero, launched_by_torchrun
 
@@ -36,7 +38,7 @@ def run_path(cfg: DictConfig, path: str) -> str:
     return str(Path(cfg.paths.output_dir) / str(path).format(model_name=cfg.model_name))
 
 
-def train(cfg: DictConfig) -> FitResult:
+def train(cfg: DictConfig, stop: StopRequest | None = None) -> FitResult:
     check_shorthands(cfg)
     from cellmap_train.engine import distributed, fit, seed_everything
     from cellmap_train.models.build import build_model
@@ -55,11 +57,11 @@ def train(cfg: DictConfig) -> FitResult:
         data = instantiate(cfg.data, datasplit_path=run_path(cfg, cfg.datasplit_path),
                            train_transforms=instantiate(cfg.transforms.train), val_transforms=instantiate(cfg.transforms.val))
     if not ranks.is_main:  # only rank 0 writes logs
-        return fit(settings, model, optimizer, scheduler, criterion, data, None)
+        return fit(settings, model, optimizer, scheduler, criterion, data, None, stop=stop)
     logger = instantiate(cfg.logger, log_dir=run_path(cfg, cfg.logs_save_path))
     try:
         result = fit(settings, model, optimizer, scheduler, criterion, data, logger,
-                     config=OmegaConf.to_container(cfg, resolve=True))
+                     config=OmegaConf.to_container(cfg, resolve=True), stop=stop)
         logger.hparams({"lr": cfg.lr, "batch_size": cfg.batch_size, "seed": cfg.seed, "model": cfg.model_name,
                         "epochs": cfg.epochs, "iterations_per_epoch": cfg.iterations_per_epoch,
                         "optimizer": cfg.optimizer._target_, "loss": cfg.loss._target_},
@@ -89,11 +91,13 @@ def one_line(err: BaseException) -> str:
     return str(err).strip().splitlines()[0]
 
 
-def record(result: FitResult | None, cfg: DictConfig, seconds: float, error: str | None = None) -> dict:
-    """What result.json (and a sweep's summary.csv) says about this run."""
+def record(result: FitResult | None, cfg: DictConfig, seconds: float, error: str | None = None,
+           status: str | None = None) -> dict:
+    """What result.json (and a sweep's summary.csv) says about this run: status ok, failed,
+    interrupted (a signal stopped it after a checkpoint) or skipped (a signal stopped the sweep)."""
     final = result.final_metrics if result else {}
     return {
-        "status": "failed" if error else "ok", "error": error,
+        "status": status or ("failed" if error else "ok"), "error": error,
         "best_metric_name": cfg.trainer.best_metric, "best_metric": result.best_metric if result else None,
         "best_epoch": result.best_epoch if result else None,
         "final_metric": final.get(cfg.trainer.best_metric), "final_loss_val": final.get("loss/val"),
@@ -104,13 +108,35 @@ def record(result: FitResult | None, cfg: DictConfig, seconds: float, error: str
 
 @hydra.main(version_base="1.3", config_path=config_dir(), config_name=CONFIG_NAME)
 def run(cfg: DictConfig) -> float:
-    """One run. In a --multirun a failing job is recorded and the sweep goes on; otherwise a
-    user error exits 1 with one line (a traceback only with HYDRA_FULL_ERROR=1)."""
-    start = time.perf_counter()
-    multirun = HydraConfig.get().mode == RunMode.MULTIRUN
-    writes_files = is_rank_zero()  # only rank 0 under torchrun
+    hydra_cfg = HydraConfig.get()
     try:
-        result = train(cfg)
+        return run_job(cfg, hydra_cfg)
+    finally:
+        if hydra_cfg.mode == RunMode.MULTIRUN and not sweep_stop.runs_jobs_in_this_process(hydra_cfg.launcher._target_):
+            sweep_stop.ignore_signals_between_jobs()
+
+
+def run_job(cfg: DictConfig, hydra_cfg: DictConfig) -> float:
+    """One run. In a --multirun a failing job is recorded and the sweep goes on (a signal stops
+    it: the jobs left are skipped); otherwise a user error exits 1 with one line (a traceback
+    only with HYDRA_FULL_ERROR=1)."""
+    start = time.perf_counter()
+    multirun = hydra_cfg.mode == RunMode.MULTIRUN
+    writes_files = is_rank_zero()  # only rank 0 under torchrun
+    stopped_by = sweep_stop.stopped_by(hydra_cfg.sweep.dir) if multirun else None
+    if stopped_by:
+        message = f"not run: {stopped_by} stopped the sweep"
+        print(f"cellmap_train: {message}", file=sys.stderr)
+        if writes_files:
+            write_result(cfg.paths.output_dir, record(None, cfg, 0.0, error=message, status="skipped"))
+        return math.nan
+    stop = None
+    try:
+        if multirun:  # a sweep's job takes signals from its start: one during set-up stops it at its first step
+            with StopRequest() as stop:
+                result = train(cfg, stop)
+        else:
+            result = train(cfg)
     except Exception as err:
         expected = isinstance(err, (UserError, InstantiationException, OmegaConfBaseException))
         if os.environ.get("HYDRA_FULL_ERROR") == "1" or not (expected or multirun):
@@ -118,14 +144,23 @@ def run(cfg: DictConfig) -> float:
         message = one_line(err) if expected else f"{type(err).__name__}: {err}".splitlines()[0]
         print(f"cellmap_train: error: {message}", file=sys.stderr)
         if writes_files:
-            write_result(cfg.paths.output_dir, record(None, cfg, time.perf_counter() - start, error=message))
+            write_result(cfg.paths.output_dir, record(None, cfg, time.perf_counter() - start, error=message,
+                                                      status="interrupted" if isinstance(err, TrainingInterrupted) else None))
         if multirun:
+            stop_sweep_if_signalled(stop, hydra_cfg)
             return math.nan
         sys.exit(1)
+    if multirun:
+        stop_sweep_if_signalled(stop, hydra_cfg)  # the signal came after the last step: the job is done
     if writes_files:
         write_result(cfg.paths.output_dir, record(result, cfg, time.perf_counter() - start))
         report(result, cfg)
     return result.best_metric
+
+
+def stop_sweep_if_signalled(stop: StopRequest | None, hydra_cfg: DictConfig) -> None:
+    if stop is not None and stop.requested and sweep_stop.stops_the_sweep(hydra_cfg.launcher._target_):
+        sweep_stop.mark_stopped(hydra_cfg.sweep.dir, stop.signal_name)
 
 
 def main() -> None:
@@ -135,5 +170,9 @@ def main() -> None:
         from cellmap_train.engine import distributed
 
         distributed.share_env(RUN_STAMP_ENV, lambda: datetime.now().isoformat())
-    with one_line_hydra_errors():  # Hydra's own errors (unknown key, missing option) in one line too
-        run()
+    try:
+        with one_line_hydra_errors():  # Hydra's own errors (unknown key, missing option) in one line too
+            run()
+    except KeyboardInterrupt:  # Ctrl-C outside training (which checkpoints and stops on its own), or a second one
+        print("cellmap_train: interrupted", file=sys.stderr)
+        sys.exit(130)

@@ -28,14 +28,14 @@ from cellmap_train.engine.checkpoint import (
     best_epoch_from_logs, epoch_files, format_path, is_full, latest_checkpoint, load_training_state, load_weights,
     prune_checkpoints, read_checkpoint, rng_state, save_checkpoint,
 )
-from cellmap_train.engine.interrupt import StopRequest, TrainingInterrupted
 from cellmap_train.engine.layout import apply_layout
 from cellmap_train.engine.pause_hook import pause_point
 from cellmap_train.engine.prefetch import DeviceBatches
 from cellmap_train.engine.progress import Progress
 from cellmap_train.engine.settings import TrainSettings, pick_device, seed_everything, set_backends
 from cellmap_train.engine.validate import validate
-from cellmap_train.errors import ConfigError, UserError
+from cellmap_train.errors import ConfigError, TrainingInterrupted, UserError
+from cellmap_train.interrupt import StopRequest
 
 PER_STEP_SCHEDULERS = (torch.optim.lr_scheduler.OneCycleLR, torch.optim.lr_scheduler.CyclicLR)
 LOSS_SMOOTHING = 0.98  # EMA factor of loss/train_smooth (about the last 50 steps)
@@ -60,10 +60,13 @@ class FitResult:
 
 
 def fit(settings: TrainSettings, model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler, criterion,
-        data, logger=None, config: dict | None = None) -> FitResult:
-    """Train; under torchrun every rank calls this, and only rank 0 prints, logs and saves."""
+        data, logger=None, config: dict | None = None, stop: StopRequest | None = None) -> FitResult:
+    """Train; under torchrun every rank calls this, and only rank 0 prints, logs and saves.
+    `stop`: a StopRequest the caller already holds (a sweep's job takes signals from its start,
+    so one that comes during set-up stops it at its first step); by default fit holds its own."""
     info = distributed.init()
-    with StopRequest() as stop:  # SIGTERM / Ctrl-C: finish the step, checkpoint it, stop
+    # SIGTERM / Ctrl-C: finish the step, checkpoint it, stop
+    with contextlib.nullcontext(stop) if stop is not None else StopRequest() as stop:
         if info.is_main:
             return _fit(settings, model, optimizer, scheduler, criterion, data, logger, config, info, stop)
         with open(os.devnull, "w") as quiet, contextlib.redirect_stdout(quiet):
@@ -91,7 +94,7 @@ def _fit(settings: TrainSettings, model: torch.nn.Module, optimizer: torch.optim
     tracked = math.nan  # the value "best" is judged on: best_metric, or its EMA
 
     # ---- resume (full checkpoint), initialise (weights only), or start fresh
-    start_epoch, step, resumed = 0, 0, None
+    start_epoch, step, resumed, found = 0, 0, None, None
     partial_steps, partial_loss = 0, 0.0  # of an epoch a signal interrupted
     if settings.load_model:
         found = find_checkpoint(settings)
@@ -118,6 +121,8 @@ def _fit(settings: TrainSettings, model: torch.nn.Module, optimizer: torch.optim
                 print(f"Initialised model weights from {path}.")
     if start_epoch >= settings.epochs:
         print(f"Nothing to train: the checkpoint is at epoch {start_epoch} and epochs={settings.epochs}.")
+        # reported as what the checkpoint holds (a finished job of a continued sweep keeps its row)
+        result.epochs_done, result.steps, result.checkpoint = start_epoch, step, str(found[1]) if found else None
 
     batches = DeviceBatches(data.train_loader(start_sample=step * accumulate * data.batch_size, rank=info.rank,
                                               world_size=info.world_size), device, channels_last)

@@ -9,7 +9,7 @@ import torch
 
 from cellmap_train.engine.checkpoint import read_checkpoint
 from cellmap_train.engine.losses import MaskedBCEDiceLoss
-from cellmap_train.errors import CheckpointError, ConfigError
+from cellmap_train.errors import CheckpointError, ConfigError, TrainingInterrupted
 from engine_helpers import fit_tiny
 
 
@@ -115,3 +115,29 @@ def test_load_model_best_continues_from_the_best_epoch_and_says_what_it_replaces
     out = capsys.readouterr().out
     assert "tiny_1.pth (epoch 1, step 2)" in out and "epochs 2..3 will be replaced" in out
     assert (result.epochs_done, result.steps) == (3, 6)
+
+
+def test_a_stop_requested_before_training_stops_at_the_first_step_with_its_checkpoint(tiny_data, conv_model,
+                                                                                      make_settings, tmp_path):
+    # a sweep's job holds the StopRequest from its start: a signal during set-up is already recorded here
+    from cellmap_train.engine import fit
+    from cellmap_train.interrupt import StopRequest
+    from cellmap_train.engine.losses import MaskedBCELoss
+
+    model = conv_model()
+    with StopRequest() as stop:
+        stop.signal_name = "SIGTERM"  # what the handler records
+        with pytest.raises(TrainingInterrupted, match=r"stopped by SIGTERM at epoch 1, step 1: checkpoint .*tiny_1\.pth"):
+            fit(make_settings(epochs=2), model, torch.optim.AdamW(model.parameters()), None, MaskedBCELoss(), tiny_data,
+                stop=stop)
+    state = read_checkpoint(tmp_path / "checkpoints" / "tiny_1.pth")
+    assert (state["epoch"], state["step"], state["epoch_steps"]) == (0, 1, 1)
+
+
+def test_a_finished_run_resumed_has_nothing_to_train_and_reports_what_its_checkpoint_holds(tiny_data, conv_model,
+                                                                                          make_settings, tmp_path, capsys):
+    first = fit_tiny(make_settings(epochs=2), conv_model(), tiny_data)
+    again = fit_tiny(make_settings(epochs=2, load_model="latest"), conv_model(), tiny_data)
+    assert "Nothing to train: the checkpoint is at epoch 2 and epochs=2." in capsys.readouterr().out
+    assert (again.epochs_done, again.steps, again.checkpoint) == (2, 4, first.checkpoint)
+    assert again.best_metric == first.best_metric and again.best_epoch == first.best_epoch

@@ -105,3 +105,41 @@ def test_ctrl_c_in_a_terminal_reaches_the_workers_too_and_the_checkpoint_is_writ
     assert read_checkpoint(tmp_path / "run" / "checkpoints" / "2d_unet_1.pth")["epoch"] == 1
     state = read_checkpoint(tmp_path / "run" / "checkpoints" / "2d_unet_2.pth")
     assert (state["epoch"], state["step"], state["epoch_steps"]) == (1, 4, 1)
+
+
+def test_ctrl_c_stops_a_sweep_the_jobs_left_are_skipped_and_it_continues_from_the_checkpoint(spawn, tmp_path):
+    import pandas as pd
+
+    sweep = ["hydra.mode=MULTIRUN", "seed=1,2,3", "epochs=2", "hydra.sweep.dir=sweep"]  # -m: only before TINY
+    proc = spawn(*sweep, env={ENV: "step@2:2"}, new_session=True)  # the first job pauses 2 s in its second step
+    wait_for_marker(proc, MARKER)
+    os.killpg(proc.pid, signal.SIGINT)
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 1, err[-3000:]
+    table = pd.read_csv(tmp_path / "sweep" / "summary.csv").set_index("job").sort_index()
+    assert table.status.tolist() == ["interrupted", "skipped", "skipped"]  # not one job per Ctrl-C
+    assert table.error[0].startswith("stopped by SIGINT at epoch 1, step 2: checkpoint")
+    assert table.error[1] == table.error[2] == "not run: SIGINT stopped the sweep"
+    assert not (tmp_path / "sweep" / "1" / "checkpoints").exists()
+    assert "continue it with hydra.sweep.dir=sweep load_model=latest" in out
+    out, err = finish(spawn(*sweep, "load_model=latest"))
+    assert "Resumed from" in err + out and "sweep/0/checkpoints/2d_unet_1.pth (epoch 0, step 2)" in err + out
+    table = pd.read_csv(tmp_path / "sweep" / "summary.csv")
+    assert (table.status == "ok").all() and (table.epochs_done == 2).all()
+
+
+def test_ctrl_c_stops_a_parallel_sweep_its_running_jobs_checkpoint_and_the_queued_one_is_skipped(spawn, tmp_path):
+    import pandas as pd
+
+    proc = spawn("hydra.mode=MULTIRUN", "hydra/launcher=parallel", "seed=1,2,3", "epochs=2", "hydra.sweep.dir=sweep",
+                 env={ENV: "step@2:3"}, new_session=True)  # each of the 2 workers pauses 3 s in its job's second step
+    wait_for_marker(proc, MARKER)
+    os.killpg(proc.pid, signal.SIGINT)  # the launching process and both workers, as a terminal does
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 1, err[-3000:]
+    table = pd.read_csv(tmp_path / "sweep" / "summary.csv").set_index("job").sort_index()
+    assert table.status.tolist() == ["interrupted", "interrupted", "skipped"], table.error.tolist()
+    for job in (0, 1):  # each wrote the step it was in; the launcher waited for them instead of killing them
+        assert table.error[job].startswith("stopped by SIGINT at epoch 1, step ")
+        assert read_checkpoint(tmp_path / "sweep" / str(job) / "checkpoints" / "2d_unet_1.pth")["epoch"] == 0
+    assert "no new job starts" in out and "Traceback" not in err

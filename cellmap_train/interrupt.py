@@ -1,19 +1,14 @@
 """SIGTERM (a cluster's scheduler) and Ctrl-C (SIGINT) end a run cleanly: the loop finishes the
 step in progress, writes a checkpoint of it and stops with one line. A second signal is not
-caught again, so a stuck run can still be stopped."""
+caught again, so a stuck run can still be stopped. In a --multirun the jobs after the stopped
+one are not run (`sweep_stop.py`)."""
 
 from __future__ import annotations
 
 import signal
 import threading
 
-from cellmap_train.errors import UserError
-
 SIGNALS = (signal.SIGTERM, signal.SIGINT)
-
-
-class TrainingInterrupted(UserError):
-    pass
 
 
 class StopRequest:

@@ -1,0 +1,74 @@
+"""Ctrl-C or a scheduler's SIGTERM stops a whole --multirun, not just the job it lands in.
+
+A sweep's job takes signals from its start (`train.run_job`). One that a signal stops
+checkpoints its step (the engine does that) and leaves STOP_FILE in the sweep folder; a job that
+starts after it finds the file and is recorded as skipped, so the summary lists every job and
+the sweep ends at once.
+
+When the jobs run in other processes (joblib, submitit's local launcher), the launching process
+catches the first signal too: it leaves the file and waits for its jobs to checkpoint instead of
+killing them on the spot. A terminal's Ctrl-C and a scheduler signal every process; a signal to
+the launching process alone lets the running jobs finish. A second signal acts as it did before.
+
+The file is removed when a sweep starts, so continuing one in the same folder runs what is left.
+On Slurm each job is its own allocation: a timeout or a preemption stops that job only.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+from pathlib import Path
+
+from cellmap_train.files import atomic_write
+from cellmap_train.interrupt import SIGNALS, StopRequest
+
+STOP_FILE = ".stopped"
+
+
+def stops_the_sweep(launcher_target: str) -> bool:
+    """Whether a signal to one job means the whole sweep: the jobs run on this machine."""
+    return "slurm" not in launcher_target.lower()
+
+
+def runs_jobs_in_this_process(launcher_target: str) -> bool:
+    return launcher_target.endswith("BasicLauncher")
+
+
+def mark_stopped(sweep_dir: str | Path, signal_name: str) -> None:
+    with atomic_write(Path(sweep_dir) / STOP_FILE) as handle:
+        handle.write(signal_name + "\n")
+
+
+def stopped_by(sweep_dir: str | Path) -> str | None:
+    """The signal that stopped the sweep in `sweep_dir`, or None."""
+    try:
+        return (Path(sweep_dir) / STOP_FILE).read_text().strip() or "a signal"
+    except FileNotFoundError:
+        return None
+
+
+def ignore_signals_between_jobs() -> None:
+    """In a joblib worker once its job is done: a signal must not kill the idle worker (the pool
+    would break and take the running jobs with it). The next job's own handler takes signals
+    while it trains; the pool ends its workers with SIGKILL when it is torn down."""
+    if threading.current_thread() is threading.main_thread():
+        for sig in SIGNALS:
+            signal.signal(sig, signal.SIG_IGN)
+
+
+class StopSweepOnSignal(StopRequest):
+    """In the launching process, from the sweep's start to its end (`SweepSummary`): the first
+    SIGTERM/SIGINT marks the sweep stopped and the launcher goes on waiting for its jobs (they got
+    the signal too when it came from a terminal or a scheduler, which signal the whole process
+    group); a later signal acts as before."""
+
+    def __init__(self, sweep_dir: str | Path):
+        super().__init__()
+        self.sweep_dir = Path(sweep_dir)
+
+    def _record(self, signum, frame) -> None:
+        super()._record(signum, frame)
+        mark_stopped(self.sweep_dir, self.signal_name)
+        print(f"cellmap_train: {self.signal_name}: no new job starts; running jobs that got it too checkpoint and "
+              f"stop (again to stop at once)", flush=True)
