@@ -3,7 +3,7 @@
 `BinarizeLabels` (every shipped `transforms` option ends with it) gives uint8 labels: 0 =
 background, 1 = the class, UNKNOWN = not annotated. That is a quarter of float32's bytes
 wherever the host holds or copies a batch: the workers' shared memory (num_workers x
-prefetch_factor batches in flight), pinned memory and the host-to-device copy. A
+prefetch_factor batches in flight), pinned memory and the host-to-device copy. An
 `experiment=train_3D` batch (8 x 48 classes x 128^3) is 0.8 GB instead of 3.2 GB.
 
 `as_float` turns them, once on the device, into what losses and metrics read: float32 with
