@@ -18,4 +18,9 @@ class CheckpointError(UserError):
 
 
 class TrainingInterrupted(UserError):
-    """SIGTERM or Ctrl-C stopped training after checkpointing its step."""
+    """SIGTERM or Ctrl-C stopped training after checkpointing its step; `result` is the run's
+    FitResult so far (best and last metrics of the epochs it finished), for its record."""
+
+    def __init__(self, message: str, result=None):
+        super().__init__(message)
+        self.result = result

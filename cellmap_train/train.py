@@ -143,9 +143,10 @@ def run_job(cfg: DictConfig, hydra_cfg: DictConfig) -> float:
             raise
         message = one_line(err) if expected else f"{type(err).__name__}: {err}".splitlines()[0]
         print(f"cellmap_train: error: {message}", file=sys.stderr)
+        stopped = isinstance(err, TrainingInterrupted)  # its record keeps the metrics of the epochs it finished
         if writes_files:
-            write_result(cfg.paths.output_dir, record(None, cfg, time.perf_counter() - start, error=message,
-                                                      status="interrupted" if isinstance(err, TrainingInterrupted) else None))
+            write_result(cfg.paths.output_dir, record(err.result if stopped else None, cfg, time.perf_counter() - start,
+                                                      error=message, status="interrupted" if stopped else None))
         if multirun:
             stop_sweep_if_signalled(stop, hydra_cfg)
             return math.nan

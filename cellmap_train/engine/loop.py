@@ -180,7 +180,9 @@ def _fit(settings: TrainSettings, model: torch.nn.Module, optimizer: torch.optim
             if stop.requested:
                 progress.close()
                 state = training_state(model, optimizer, scheduler, scaler, result, tracked, config)
-                raise interrupted(stop, info, format_path(save_template, settings.model_name, epoch),
+                path = format_path(save_template, settings.model_name, epoch)
+                result.steps, result.checkpoint = step, str(path)  # epochs_done: the epochs finished
+                raise interrupted(stop, info, path, result,
                                   {**state, "epoch": epoch - 1, "step": step, "epoch_steps": epoch_steps, "epoch_loss_sum": loss_sum})
         partial_steps, partial_loss = 0, 0.0
         train_seconds = time.perf_counter() - epoch_start
@@ -240,13 +242,14 @@ def training_state(model, optimizer, scheduler, scaler, result: FitResult, track
     }
 
 
-def interrupted(stop: StopRequest, info: distributed.DistInfo, path: Path, state: dict) -> TrainingInterrupted:
+def interrupted(stop: StopRequest, info: distributed.DistInfo, path: Path, result: FitResult,
+                state: dict) -> TrainingInterrupted:
     """Checkpoint the step reached (under the name of the epoch in progress: load_model=latest
     continues inside it, and the finished epoch later replaces the file) and say so in one line."""
     if info.is_main:
         save_checkpoint(state, path)
     return TrainingInterrupted(f"stopped by {stop.signal_name} at epoch {state['epoch'] + 1}, step {state['step']}: "
-                               f"checkpoint {path} written; continue with load_model=latest")
+                               f"checkpoint {path} written; continue with load_model=latest", result)
 
 
 def find_checkpoint(settings: TrainSettings) -> tuple[int, Path] | None:

@@ -110,22 +110,25 @@ def test_ctrl_c_in_a_terminal_reaches_the_workers_too_and_the_checkpoint_is_writ
 def test_ctrl_c_stops_a_sweep_the_jobs_left_are_skipped_and_it_continues_from_the_checkpoint(spawn, tmp_path):
     import pandas as pd
 
-    sweep = ["hydra.mode=MULTIRUN", "seed=1,2,3", "epochs=2", "hydra.sweep.dir=sweep"]  # -m: only before TINY
-    proc = spawn(*sweep, env={ENV: "step@2:2"}, new_session=True)  # the first job pauses 2 s in its second step
+    sweep = ["hydra.mode=MULTIRUN", "seed=1,2,3", "epochs=3", "hydra.sweep.dir=sweep"]  # -m: only before TINY
+    proc = spawn(*sweep, env={ENV: "step@5:2"}, new_session=True)  # the first job pauses 2 s in step 5 (epoch 2)
     wait_for_marker(proc, MARKER)
     os.killpg(proc.pid, signal.SIGINT)
     out, err = proc.communicate(timeout=300)
     assert proc.returncode == 1, err[-3000:]
     table = pd.read_csv(tmp_path / "sweep" / "summary.csv").set_index("job").sort_index()
     assert table.status.tolist() == ["interrupted", "skipped", "skipped"]  # not one job per Ctrl-C
-    assert table.error[0].startswith("stopped by SIGINT at epoch 1, step 2: checkpoint")
+    assert table.error[0].startswith("stopped by SIGINT at epoch 2, step 5: checkpoint")
     assert table.error[1] == table.error[2] == "not run: SIGINT stopped the sweep"
+    # the interrupted job's row keeps what its finished epoch measured, and names the step's checkpoint
+    assert (table.epochs_done[0], table.steps[0], table.best_epoch[0]) == (1, 5, 1) and 0 < table.best_metric[0] <= 1
+    assert table.checkpoint[0].endswith("2d_unet_2.pth")
     assert not (tmp_path / "sweep" / "1" / "checkpoints").exists()
     assert "continue it with hydra.sweep.dir=sweep load_model=latest" in out
     out, err = finish(spawn(*sweep, "load_model=latest"))
-    assert "Resumed from" in err + out and "sweep/0/checkpoints/2d_unet_1.pth (epoch 0, step 2)" in err + out
+    assert "Resumed from" in err + out and "sweep/0/checkpoints/2d_unet_2.pth (epoch 1, step 5)" in err + out
     table = pd.read_csv(tmp_path / "sweep" / "summary.csv")
-    assert (table.status == "ok").all() and (table.epochs_done == 2).all()
+    assert (table.status == "ok").all() and (table.epochs_done == 3).all()
 
 
 def test_ctrl_c_stops_a_parallel_sweep_its_running_jobs_checkpoint_and_the_queued_one_is_skipped(spawn, tmp_path):
