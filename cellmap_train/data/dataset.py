@@ -3,8 +3,8 @@
 A sample is `raw [1, *S]` (float32) and `labels [C, *S]` where S is the requested shape, with
 a leading 1 dropped for 2D (`[1,H,W]` -> `H,W`). Labels are uint8 with UNKNOWN (255) for voxels
 not annotated once binarized (`cellmap_train/labels.py`), float32 with NaN without a target
-transform. Stores are opened
-lazily in each process, so DataLoader workers never share file handles or S3 sessions.
+transform. Stores are opened lazily in each process, so DataLoader workers never share file
+handles or S3 sessions.
 """
 
 from __future__ import annotations
