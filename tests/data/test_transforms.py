@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from hydra.utils import instantiate
 
-from cellmap_train.labels import UNKNOWN
 from cellmap_train.data.transforms import (BinarizeLabels, NormalizeRaw, SampleTransforms, SpatialTransform,
                                            rotation_margin, rotation_matrix)
+from cellmap_train.labels import UNKNOWN
 
 RNG = np.random.default_rng(0)
 
