@@ -96,7 +96,9 @@ def seed_statistics(frame: "pd.DataFrame", swept_keys: list[str], metric: str = 
 
 
 class SweepSummary(Callback):
-    """Hydra callback: on_multirun_end writes summary.csv (and seed_stats.csv) and prints them."""
+    """Hydra callback: on_multirun_end writes summary.csv (and seed_stats.csv) and prints them;
+    on_multirun_start clears a stopped sweep's marker and, when the jobs run in other processes,
+    makes the launching process wait for them on a first signal (`sweep_stop.py`)."""
 
     def __init__(self, low_is_best: bool = False, fail_on_error: bool = True):
         self.low_is_best = low_is_best
