@@ -53,19 +53,6 @@ class ShmPeak:
         self.thread.join()
 
 
-def float_labels():
-    """A target transform giving labels as they travelled before: float32, NaN = unknown."""
-    from cellmap_train.data.transforms import BinarizeLabels
-
-    class FloatBinarize(BinarizeLabels):
-        def __call__(self, labels):
-            out = (labels > self.threshold).astype(np.float32)
-            out[np.isnan(labels)] = np.nan
-            return out
-
-    return FloatBinarize()
-
-
 def measure(root: Path, split: Path, classes: list[str], label_format: str, args) -> dict:
     import torch
 
@@ -74,7 +61,7 @@ def measure(root: Path, split: Path, classes: list[str], label_format: str, args
     from cellmap_train.engine.prefetch import DeviceBatches
     from cellmap_train.labels import as_float
 
-    target = BinarizeLabels() if label_format == "uint8" else float_labels()
+    target = BinarizeLabels(dtype=label_format)
     data = CellMapData(str(root), split, classes, {"shape": args.shape, "scale": SCALE}, batch_size=args.batch,
                        validation_prob=0.25, chunk_cache_mb=256,
                        dataloader_kwargs={"num_workers": args.workers, "prefetch_factor": 4},

@@ -273,15 +273,26 @@ class NormalizeRaw:
 
 
 class BinarizeLabels:
-    """Values above `threshold` are 1, the rest 0, unknown (NaN) becomes UNKNOWN: uint8, a
-    quarter of float32's bytes on the way to the device (`cellmap_train/labels.py`)."""
+    """Values above `threshold` are 1, the rest 0. `dtype: uint8` (the default) marks unknown (NaN)
+    voxels UNKNOWN: a quarter of float32's bytes on the way to the device, where the engine turns
+    them into float32 with NaN (`cellmap_train/labels.py`). `dtype: float32` keeps NaN, for
+    loaders read outside the engine."""
 
-    def __init__(self, threshold: float = 0.0):
-        self.threshold = float(threshold)
+    DTYPES = ("uint8", "float32")
+
+    def __init__(self, threshold: float = 0.0, dtype: str = "uint8"):
+        if dtype not in self.DTYPES:
+            raise ValueError(f"BinarizeLabels dtype must be one of {', '.join(self.DTYPES)}, got {dtype!r}")
+        self.threshold, self.dtype = float(threshold), dtype
 
     def __call__(self, labels: np.ndarray) -> np.ndarray:
+        unknown = np.isnan(labels)
+        if self.dtype == "float32":
+            out = (labels > self.threshold).astype(np.float32)
+            out[unknown] = np.nan
+            return out
         out = (labels > self.threshold).view(np.uint8)  # False/True are stored as 0/1: no copy
-        out[np.isnan(labels)] = UNKNOWN
+        out[unknown] = UNKNOWN
         return out
 
 

@@ -40,20 +40,11 @@ def test_2d_and_3d_batch_shapes(demo_root, tmp_path, shape, raw_shape):
     assert labels.dtype == torch.uint8 and set(labels.unique().tolist()) <= {0, 1, UNKNOWN}
 
 
-class FloatBinarize(BinarizeLabels):
-    """Labels as they travelled before they were uint8: float32, NaN = unknown."""
-
-    def __call__(self, labels):
-        out = (labels > self.threshold).astype(np.float32)
-        out[np.isnan(labels)] = np.nan
-        return out
-
-
 def test_labels_travel_as_uint8_and_reach_the_device_as_float_with_nan(demo_root, tmp_path):
     spatial = SpatialTransform({"x": 0.5}, ["x", "y"], {"z": [-180, 180]})
     data = make_data(demo_root, tmp_path, (8, 16, 16), workers=1)
     before = make_data(demo_root, tmp_path, (8, 16, 16), workers=1,
-                       train_transforms=SampleTransforms(spatial, NormalizeRaw(), FloatBinarize()))
+                       train_transforms=SampleTransforms(spatial, NormalizeRaw(), BinarizeLabels(dtype="float32")))
     _, sent = next(iter(data.train_loader()))
     _, expected = next(iter(before.train_loader()))
     _, received = next(DeviceBatches(data.train_loader(), torch.device("cpu")))

@@ -74,6 +74,10 @@ def test_value_transforms():
     np.testing.assert_allclose(NormalizeRaw("meanstd", mean=51, std=51)(raw), [-1, 0, 4])
     binary = BinarizeLabels(0)(np.array([0, 3, np.nan, -1], dtype=np.float32))
     assert binary.dtype == np.uint8 and binary.tolist() == [0, 1, UNKNOWN, 0]
+    kept = BinarizeLabels(0, dtype="float32")(np.array([0, 3, np.nan, -1], dtype=np.float32))
+    assert kept.dtype == np.float32 and np.array_equal(kept, [0, 1, np.nan, 0], equal_nan=True)
+    with pytest.raises(ValueError, match="dtype must be one of uint8, float32, got 'int8'"):
+        BinarizeLabels(dtype="int8")
 
 
 def test_sample_is_a_pure_function_of_the_generator():

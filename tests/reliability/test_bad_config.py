@@ -34,6 +34,8 @@ CASES = {
     "device_a_float": (["device=1.5"], "device=1.5: not a device; use null, cpu, cuda, cuda:N or mps"),
     "classes_a_number": (["classes=4"], "classes=4: must be a non-empty list of class names"),
     "classes_empty": (["classes=[]"], "classes=[]: must be a non-empty list of class names"),
+    "labels_dtype": (["transforms.train.target.dtype=int8"],
+                     "transforms.train.target: ValueError: BinarizeLabels dtype must be one of uint8, float32, got 'int8'"),
     "model_kwargs_a_number": (["model_kwargs=10"], "model_kwargs=10: must be a mapping of model arguments"),
 }
 
