@@ -7,8 +7,9 @@ the sweep ends at once.
 
 When the jobs run in other processes (joblib, submitit's local launcher), the launching process
 catches the first signal too: it leaves the file and waits for its jobs to checkpoint instead of
-killing them on the spot. A terminal's Ctrl-C and a scheduler signal every process; a signal to
-the launching process alone lets the running jobs finish. A second signal acts as it did before.
+killing them on the spot. The running jobs watch for the file (`SweepJobStop`), so a signal to
+the launching process alone (`kill <pid>`) stops them as well as a terminal's Ctrl-C or a
+scheduler's SIGTERM to every process does. A second signal acts as it did before.
 
 The file is removed when a sweep starts, so continuing one in the same folder runs what is left.
 On Slurm each job is its own allocation: a timeout or a preemption stops that job only.
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import signal
 import threading
+import time
 from pathlib import Path
 
 from cellmap_train.files import atomic_write
@@ -48,6 +50,32 @@ def stopped_by(sweep_dir: str | Path) -> str | None:
         return None
 
 
+class SweepJobStop(StopRequest):
+    """A sweep's job run by another process's launcher: stops on its own signal, or when the sweep
+    has been marked stopped (the launching process got a signal that its workers did not)."""
+
+    CHECK_EVERY_S = 1.0  # a stat a second: free next to a step, and the jobs stop within a second
+
+    def __init__(self, sweep_dir: str | Path):
+        super().__init__()
+        self.sweep_dir = Path(sweep_dir)
+        self._next_check = 0.0
+
+    @property
+    def requested(self) -> bool:
+        if self.signal_name is None and time.monotonic() >= self._next_check:
+            self._next_check = time.monotonic() + self.CHECK_EVERY_S
+            self.signal_name = stopped_by(self.sweep_dir)
+        return self.signal_name is not None
+
+
+def job_stop_request(launcher_target: str, sweep_dir: str | Path) -> StopRequest:
+    """What a --multirun job holds while it trains (`train.run_job`)."""
+    if stops_the_sweep(launcher_target) and not runs_jobs_in_this_process(launcher_target):
+        return SweepJobStop(sweep_dir)
+    return StopRequest()
+
+
 def ignore_signals_between_jobs() -> None:
     """In a joblib worker once its job is done: a signal must not kill the idle worker (the pool
     would break and take the running jobs with it). The next job's own handler takes signals
@@ -59,9 +87,9 @@ def ignore_signals_between_jobs() -> None:
 
 class StopSweepOnSignal(StopRequest):
     """In the launching process, from the sweep's start to its end (`SweepSummary`): the first
-    SIGTERM/SIGINT marks the sweep stopped and the launcher goes on waiting for its jobs (they got
-    the signal too when it came from a terminal or a scheduler, which signal the whole process
-    group); a later signal acts as before."""
+    SIGTERM/SIGINT marks the sweep stopped and the launcher goes on waiting for its jobs, which
+    checkpoint and stop (on the same signal from a terminal or a scheduler, which signal the whole
+    process group, or on seeing the mark); a later signal acts as before."""
 
     def __init__(self, sweep_dir: str | Path):
         super().__init__()
@@ -70,5 +98,5 @@ class StopSweepOnSignal(StopRequest):
     def _record(self, signum, frame) -> None:
         super()._record(signum, frame)
         mark_stopped(self.sweep_dir, self.signal_name)
-        print(f"cellmap_train: {self.signal_name}: no new job starts; running jobs that got it too checkpoint and "
-              f"stop (again to stop at once)", flush=True)
+        print(f"cellmap_train: {self.signal_name}: no new job starts; running jobs checkpoint their step and stop "
+              f"(again to stop at once)", flush=True)

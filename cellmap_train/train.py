@@ -133,7 +133,7 @@ def run_job(cfg: DictConfig, hydra_cfg: DictConfig) -> float:
     stop = None
     try:
         if multirun:  # a sweep's job takes signals from its start: one during set-up stops it at its first step
-            with StopRequest() as stop:
+            with sweep_stop.job_stop_request(hydra_cfg.launcher._target_, hydra_cfg.sweep.dir) as stop:
                 result = train(cfg, stop)
         else:
             result = train(cfg)

@@ -146,3 +146,23 @@ def test_ctrl_c_stops_a_parallel_sweep_its_running_jobs_checkpoint_and_the_queue
         assert table.error[job].startswith("stopped by SIGINT at epoch 1, step ")
         assert read_checkpoint(tmp_path / "sweep" / str(job) / "checkpoints" / "2d_unet_1.pth")["epoch"] == 0
     assert "no new job starts" in out and "Traceback" not in err
+
+
+def test_sigterm_to_the_launching_process_alone_stops_the_parallel_jobs_at_their_next_step(spawn, tmp_path):
+    """`kill <pid>` of the sweep (not its process group): the workers never get the signal, they
+    see the sweep marked stopped and checkpoint the step they are in."""
+    import pandas as pd
+
+    proc = spawn("hydra.mode=MULTIRUN", "hydra/launcher=parallel", "seed=1,2,3", "epochs=2", "hydra.sweep.dir=sweep",
+                 env={ENV: "step@2:4"}, new_session=True)  # each of the 2 workers pauses 4 s in its job's second step
+    wait_for_marker(proc, MARKER)
+    wait_for_marker(proc, MARKER)  # both jobs are in their second step
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 1, err[-3000:]
+    table = pd.read_csv(tmp_path / "sweep" / "summary.csv").set_index("job").sort_index()
+    assert table.status.tolist() == ["interrupted", "interrupted", "skipped"], table.error.tolist()
+    for job in (0, 1):  # without watching the mark they would have run their 6 steps
+        assert table.error[job].startswith("stopped by SIGTERM at epoch 1, step 2: checkpoint")
+        assert read_checkpoint(tmp_path / "sweep" / str(job) / "checkpoints" / "2d_unet_1.pth")["step"] == 2
+    assert "no new job starts" in out and "Traceback" not in err
