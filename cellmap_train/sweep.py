@@ -140,9 +140,9 @@ class SweepSummary(Callback):
         counts = frame["status"].value_counts()
         failed, stopped = int(counts.get("failed", 0)), int(counts.get("interrupted", 0) + counts.get("skipped", 0))
         if failed:
-            print(f"\n{failed} of {len(frame)} jobs failed (see the error column).")
+            print(f"\n{failed} of {len(frame)} job{'s' * (len(frame) > 1)} failed (see the error column).")
         if stopped:
-            print(f"\nA signal stopped the sweep ({stopped} jobs interrupted or skipped): continue it with "
+            print(f"\nA signal stopped the sweep ({stopped} job{'s' * (stopped > 1)} interrupted or skipped): continue it with "
                   f"hydra.sweep.dir={sweep_dir} load_model=latest and the same sweep overrides.")
         if (failed or stopped) and self.fail_on_error:
             raise SystemExit(1)
