@@ -1,5 +1,6 @@
 """Hydra's own errors (a mistyped override key, a missing group option, override syntax) as one
-line, like every other user error, instead of Hydra's several-line report.
+line, like every other user error, instead of Hydra's several-line report; so is a file system
+error that reaches it (a run folder that cannot be made, a full disk): the path and the reason.
 
 Hydra prints these from `hydra._internal.utils.run_and_report`, which `@hydra.main` looks up at
 call time; `one_line_hydra_errors()` wraps the callable it is given so configuration errors end
@@ -48,6 +49,12 @@ def _guarded(func: Callable[[], Any]) -> Callable[[], Any]:
             return func()
         except (HydraException, OmegaConfBaseException) as err:
             print(f"{PROG}: error: {condense(err)}", file=sys.stderr)
+            sys.exit(1)
+        except OSError as err:  # a folder or file that cannot be made or written: an unusable hydra.run.dir, a full disk
+            if err.filename is None:
+                raise
+            where = f"{err.filename} -> {err.filename2}" if err.filename2 else err.filename
+            print(f"{PROG}: error: {where}: {err.strerror or type(err).__name__}", file=sys.stderr)
             sys.exit(1)
         except (ValueError, TypeError) as err:  # e.g. `model=1.5` / an int choice: Hydra rejects the value while composing
             if not _raised_by_hydra(err):

@@ -107,7 +107,8 @@ class SweepSummary(Callback):
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir, launcher = Path(config.hydra.sweep.dir), str(config.hydra.launcher._target_)
-        (sweep_dir / STOP_FILE).unlink(missing_ok=True)  # continuing a stopped sweep runs what is left
+        if sweep_dir.is_dir():  # one that cannot be made is the launcher's error, in one line
+            (sweep_dir / STOP_FILE).unlink(missing_ok=True)  # continuing a stopped sweep runs what is left
         if stops_the_sweep(launcher) and not runs_jobs_in_this_process(launcher):
             self.on_signal = StopSweepOnSignal(sweep_dir).__enter__()  # left in on_multirun_end
 

@@ -20,7 +20,7 @@ from cellmap_train.data.dataset import ArrayInfo, CountingSampler, Crop, RandomC
 from cellmap_train.data.datasplit import make_datasplit_csv, read_datasplit
 from cellmap_train.data.demo import ensure_demo_data
 from cellmap_train.data.transforms import SampleTransforms
-from cellmap_train.errors import DataError, UserError
+from cellmap_train.errors import ConfigError, DataError, UserError
 
 
 class _UserErrorsFromWorkers:
@@ -56,6 +56,7 @@ class CellMapLoader(DataLoader):
 
 
 STANDARD_START_METHODS = (None, "fork", "spawn", "forkserver")
+LOADER_ARGUMENTS_SET_HERE = {"dataset", "batch_size", "shuffle", "sampler", "batch_sampler"}
 
 
 class IgnoreCtrlC:
@@ -87,6 +88,7 @@ class CellMapData:
         self.target_info = ArrayInfo.parse(target_array_info or input_array_info, "target_array_info")
         self.storage_options = dict(storage_options or {})
         self.dataloader_kwargs = dict(dataloader_kwargs or {})
+        self._loader_kwargs()  # a bad loader option fails here, before any data is made or read
         if make_demo:
             search_path = str(ensure_demo_data(search_path))
         self.search_path = str(search_path)
@@ -117,7 +119,19 @@ class CellMapData:
         return 2 if self.input_info.is_2d else 3
 
     def _loader_kwargs(self) -> dict:
-        kwargs = {"pin_memory": torch.cuda.is_available(), **self.dataloader_kwargs}
+        """The DataLoader options, checked: torch validates most of them when a loader is built
+        (workers start only when it is iterated), so one built on a stand-in dataset says what is
+        wrong before any data is read."""
+        options = self.dataloader_kwargs
+        taken = sorted(set(options) & LOADER_ARGUMENTS_SET_HERE)
+        if taken:
+            raise ConfigError(f"dataloader_kwargs.{taken[0]}: set by cellmap_train, not a loader option "
+                              f"(batch_size=N sets the batch size; the sampler follows the datasplit)")
+        for key, least in (("num_workers", 0), ("prefetch_factor", 1)):  # torch checks these late or cryptically
+            value = options.get(key)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < least):
+                raise ConfigError(f"dataloader_kwargs.{key}={value!r}: must be an integer >= {least}")
+        kwargs = {"pin_memory": torch.cuda.is_available(), **options}
         if not kwargs.get("num_workers"):  # these options are errors without workers
             kwargs.pop("persistent_workers", None)
             kwargs.pop("prefetch_factor", None)
@@ -126,6 +140,10 @@ class CellMapData:
             kwargs["multiprocessing_context"] = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
         if kwargs.get("num_workers"):
             kwargs["worker_init_fn"] = IgnoreCtrlC(kwargs.get("worker_init_fn"))
+        try:
+            DataLoader([0], **kwargs)
+        except (TypeError, ValueError) as err:
+            raise ConfigError(f"dataloader_kwargs: {str(err).splitlines()[0]}") from None
         return kwargs
 
     def train_loader(self, start_sample: int = 0, rank: int = 0, world_size: int = 1) -> DataLoader:

@@ -36,6 +36,13 @@ CASES = {
     "classes_empty": (["classes=[]"], "classes=[]: must be a non-empty list of class names"),
     "labels_dtype": (["transforms.train.target.dtype=int8"],
                      "transforms.train.target: ValueError: BinarizeLabels dtype must be one of uint8, float32, got 'int8'"),
+    "loader_workers_negative": (["data.dataloader_kwargs.num_workers=-1"],
+                                "data: dataloader_kwargs.num_workers=-1: must be an integer >= 0"),
+    "loader_prefetch_zero": (["data.dataloader_kwargs.prefetch_factor=0"],
+                             "data: dataloader_kwargs.prefetch_factor=0: must be an integer >= 1"),
+    "loader_unknown_option": (["+data.dataloader_kwargs.foo=1"], "data: dataloader_kwargs: DataLoader.__init__() got an "
+                                                                  "unexpected keyword argument 'foo'"),
+    "loader_batch_size": (["+data.dataloader_kwargs.batch_size=3"], "data: dataloader_kwargs.batch_size: set by cellmap_train"),
     "model_kwargs_a_number": (["model_kwargs=10"], "model_kwargs=10: must be a mapping of model arguments"),
 }
 
@@ -62,6 +69,19 @@ def test_folder_with_another_runs_checkpoints_is_refused(run_inprocess, tmp_path
     assert "already holds checkpoints of an earlier run (epochs 3..3)" in line and "load_model=latest" in line
     assert (checkpoints / "2d_unet_3.pth").read_bytes() == b"an earlier run"
     assert not (tmp_path / "run" / "datasplit.csv").exists()
+
+
+@pytest.mark.parametrize("mode", ["run", "sweep"])
+def test_a_run_folder_that_cannot_be_made_is_one_line(run_inprocess, tmp_path, mode):
+    (tmp_path / "a_file").write_text("not a folder")
+    if mode == "run":
+        code, stderr = run_inprocess("experiment=demo", "hydra.run.dir=a_file/run")
+    else:
+        code, stderr = run_inprocess("-m", "experiment=demo", "seed=1,2", "hydra.sweep.dir=a_file/sweep")
+    assert code == 1
+    assert error_line(stderr) == f"cellmap_train: error: a_file/{mode}: Not a directory"
+    assert "Warning" not in stderr
+    assert (tmp_path / "a_file").read_text() == "not a folder"
 
 
 def test_hydra_full_error_shows_the_traceback(demo_cache, tmp_path):
