@@ -3,9 +3,12 @@ so a contradictory config or a run folder holding another run's checkpoints fail
 
 from __future__ import annotations
 
+import inspect
+import numbers
 from pathlib import Path
 
-from omegaconf import DictConfig
+from hydra.utils import get_object
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from cellmap_train.data.dataset import ArrayInfo
 from cellmap_train.engine.checkpoint import epoch_files
@@ -43,3 +46,71 @@ def check_run_folder(cfg: DictConfig) -> None:
         raise ConfigError(f"{folder} already holds checkpoints of an earlier run (epochs {min(found)}..{max(found)}): "
                           f"continue it with load_model=latest, pick another hydra.run.dir, "
                           f"or replace them with overwrite_checkpoints=true")
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def _fits_default(value, default) -> bool:
+    """A number where the default is a number; as many numbers where it is a tuple of them (Adam's betas)."""
+    if _is_number(default):
+        return _is_number(value)
+    if isinstance(default, tuple) and default and all(_is_number(d) for d in default):
+        return isinstance(value, (ListConfig, list, tuple)) and len(value) == len(default) and all(map(_is_number, value))
+    return True
+
+
+def check_numeric_options(cfg: DictConfig, groups: tuple[str, ...] = ("optimizer", "scheduler", "loss")) -> None:
+    """An option whose default in the group's class is a number must be a number (a tuple of numbers:
+    as many numbers): `optimizer.weight_decay=abc` fails here in one line instead of deep in torch's
+    constructor, after the model is built."""
+    for group in groups:
+        node = cfg.get(group)
+        target = node.get("_target_") if isinstance(node, DictConfig) else None
+        try:
+            parameters = inspect.signature(get_object(target)).parameters if target else {}
+        except (ImportError, AttributeError, ValueError, TypeError):  # a class we cannot inspect: its own errors apply
+            continue
+        for name, parameter in parameters.items():
+            if name in node and not _fits_default(node[name], parameter.default):
+                default = parameter.default
+                wanted = "a number" if _is_number(default) else f"{len(default)} numbers"
+                shown = OmegaConf.to_container(node[name]) if isinstance(node[name], ListConfig) else node[name]
+                raise ConfigError(f"{group}.{name}={shown!r}: must be {wanted} "
+                                  f"({target.rsplit('.', 1)[-1]}'s default: {default})")
+    check_pos_weight(cfg)
+
+
+def check_pos_weight(cfg: DictConfig) -> None:
+    """loss.pos_weight: one positive number, or one per class (the challenge's weight_loss)."""
+    weight = cfg.loss.get("pos_weight") if isinstance(cfg.get("loss"), DictConfig) else None
+    if weight is None:
+        return
+    values = list(weight) if isinstance(weight, ListConfig) else [weight]
+    classes = list(cfg.classes)
+    if not (all(_is_number(v) and v > 0 for v in values) and len(values) in (1, len(classes))):
+        shown = OmegaConf.to_container(weight) if isinstance(weight, ListConfig) else weight
+        raise ConfigError(f"loss.pos_weight={shown!r}: must be a positive number, or one per class "
+                          f"({len(classes)}: {', '.join(classes)})")
+
+
+def check_optimizer_and_scheduler(cfg: DictConfig) -> None:
+    """Build the configured optimizer on a stand-in parameter, its scheduler on that, and take a
+    step: torch checks some values only when they are used (`scheduler=step scheduler.step_size=0`
+    divides by zero at the end of the first epoch), so a bad one fails here in one line, before
+    the model is built or any data read."""
+    import torch
+    from hydra.utils import instantiate
+
+    group = "optimizer"
+    try:
+        optimizer = instantiate(cfg.optimizer)([torch.nn.Parameter(torch.zeros(1))])
+        group = "scheduler"
+        scheduler = instantiate(cfg.scheduler)(optimizer)
+        optimizer.step()  # no gradient: changes nothing, but the scheduler expects it first
+        if scheduler is not None:  # one step: a run of one step takes one (OneCycleLR counts them)
+            scheduler.step(1.0) if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau) else scheduler.step()
+    except (ArithmeticError, LookupError, TypeError, ValueError) as err:
+        message = str(err).strip().splitlines()[0] if str(err).strip() else ""
+        raise ConfigError(f"{group} ({cfg[group].get('_target_')}): {type(err).__name__}: {message}") from err

@@ -48,6 +48,20 @@ def test_schedulers_wrap_an_optimizer(compose_cfg, option):
     assert hasattr(scheduler, "step")
 
 
+@pytest.mark.parametrize("optimizer,scheduler,loss", [(o, s, l) for o in options("optimizer") for s in options("scheduler")
+                                                      for l in options("loss")])
+def test_preflight_passes_every_shipped_combination(compose_cfg, optimizer, scheduler, loss):
+    """The checks that build the optimizer and scheduler on a stand-in and read the loss options
+    raise for bad values only (tests/reliability/test_bad_config.py), never for a shipped option,
+    even at one step (OneCycleLR counts its steps)."""
+    from cellmap_train.preflight import check_numeric_options, check_optimizer_and_scheduler
+
+    cfg = compose_cfg("experiment=demo", f"optimizer={optimizer}", f"scheduler={scheduler}", f"loss={loss}",
+                      "epochs=1", "iterations_per_epoch=1", "loss.pos_weight=[1,2,3]" if loss != "dice" else "lr=0.1")
+    check_numeric_options(cfg)
+    check_optimizer_and_scheduler(cfg)
+
+
 @pytest.mark.parametrize("group", ["model", "loss", "trainer"])
 def test_objects_instantiate(compose_cfg, group):
     for option in options(group):

@@ -59,6 +59,7 @@ class TrainSettings:
             (self.best_metric_ema is None or 0 <= self.best_metric_ema < 1, f"trainer.best_metric_ema must be null or in [0, 1), got {self.best_metric_ema}"),
             (_none_or_at_least(self.keep_last, 1), f"trainer.keep_last must be null or >= 1, got {self.keep_last}"),
             (_none_or_at_least(self.early_stopping_patience, 1), f"trainer.early_stopping_patience must be null or >= 1, got {self.early_stopping_patience}"),
+            (self.max_grad_norm is None or self.max_grad_norm > 0, f"trainer.max_grad_norm must be null or > 0, got {self.max_grad_norm}"),
             (self.num_threads is None or self.num_threads >= 1, f"trainer.num_threads must be null or >= 1, got {self.num_threads}"),
             (self.log_every_n_steps >= 1, f"trainer.log_every_n_steps must be >= 1, got {self.log_every_n_steps}"),
             (self.cudnn_benchmark is None or isinstance(self.cudnn_benchmark, bool), f"trainer.cudnn_benchmark must be null, true or false, got {self.cudnn_benchmark!r}"),

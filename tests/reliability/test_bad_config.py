@@ -43,6 +43,18 @@ CASES = {
     "loader_unknown_option": (["+data.dataloader_kwargs.foo=1"], "data: dataloader_kwargs: DataLoader.__init__() got an "
                                                                   "unexpected keyword argument 'foo'"),
     "loader_batch_size": (["+data.dataloader_kwargs.batch_size=3"], "data: dataloader_kwargs.batch_size: set by cellmap_train"),
+    "optimizer_value_not_a_number": (["optimizer.weight_decay=abc"], "optimizer.weight_decay='abc': must be a number "
+                                                                     "(AdamW's default: 0.01)"),
+    "optimizer_betas_too_short": (["+optimizer.betas=[0.9]"], "optimizer.betas=[0.9]: must be 2 numbers"),
+    "optimizer_value_rejected": (["optimizer.weight_decay=-1"], "optimizer (torch.optim.AdamW): ValueError: Invalid weight_decay"),
+    "scheduler_value_not_a_number": (["scheduler=step", "scheduler.gamma=abc"], "scheduler.gamma='abc': must be a number"),
+    # torch accepts it and divides by zero at the end of the first epoch
+    "scheduler_step_size_zero": (["scheduler=step", "scheduler.step_size=0"],
+                                 "scheduler (torch.optim.lr_scheduler.StepLR): ZeroDivisionError: integer modulo by zero"),
+    "loss_weight_per_class": (["loss.pos_weight=[1,2]"], "loss.pos_weight=[1, 2]: must be a positive number, or one per "
+                                                          "class (3: nuc, er, mito)"),
+    "loss_weight_text": (["loss.pos_weight=abc"], "loss.pos_weight='abc': must be a positive number"),
+    "negative_clipping": (["trainer.max_grad_norm=-1"], "trainer.max_grad_norm must be null or > 0, got -1"),
     "model_kwargs_a_number": (["model_kwargs=10"], "model_kwargs=10: must be a mapping of model arguments"),
 }
 
