@@ -23,8 +23,9 @@ HARMLESS_CALLS = {"print", "logging.info", "logging.debug", "logging.warning", "
 class LegacyError(ConfigError):
     """A config.py that cannot be translated; the message is `FILE:LINE: name: why`."""
 
-    def __init__(self, path: str, line: int, name: str, why: str):
-        super().__init__(f"{path}:{line}: {name}: {why}")
+    def __init__(self, path: str, line: int | None, name: str | None, why: str):
+        where = f"{path}:{line}" if line else path  # no line: the whole file
+        super().__init__(f"{where}: {name}: {why}" if name else f"{where}: {why}")
 
 
 @dataclass(frozen=True)
@@ -108,7 +109,8 @@ def parse(path: Path, shown: str) -> ast.Module:
     try:
         source = path.read_text()
     except (OSError, UnicodeDecodeError) as err:
-        raise LegacyError(shown, 0, path.name, f"cannot read: {err}") from None
+        reason = err.strerror if isinstance(err, OSError) and err.strerror else str(err)
+        raise LegacyError(shown, None, None, f"cannot read: {reason}") from None
     try:
         return ast.parse(source, filename=shown)
     except SyntaxError as err:

@@ -156,6 +156,21 @@ def test_csc_train_bad_file_exits_2(capsys):
     assert len(capsys.readouterr().err.strip().splitlines()) == 1
 
 
+@pytest.mark.parametrize("what", ["missing", "folder", "not_utf8"])
+def test_a_file_that_cannot_be_read_is_one_line_without_a_line_number(tmp_path, capsys, what):
+    from cellmap_train.legacy.cli import main
+
+    path = tmp_path / "config.py"
+    if what == "folder":
+        path.mkdir()
+    elif what == "not_utf8":
+        path.write_bytes(b"\xff\xfe")
+    reason = {"missing": "No such file or directory", "folder": "Is a directory", "not_utf8": "'utf-8' codec can't decode"}
+    assert main(["train", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"csc train: error: {path}: cannot read: {reason[what]}") and len(err.strip().splitlines()) == 1
+
+
 def test_example_train_2d_translates_to_the_challenge_setup(compose_cfg):
     cfg = compose_cfg(*overrides(EXAMPLES / "train_2D.py"))
     assert (cfg.lr, cfg.batch_size, cfg.epochs, cfg.iterations_per_epoch, cfg.seed) == (1e-4, 8, 1000, 1000, 42)
