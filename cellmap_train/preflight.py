@@ -105,7 +105,9 @@ def check_optimizer_and_scheduler(cfg: DictConfig) -> None:
 
     group = "optimizer"
     try:
-        optimizer = instantiate(cfg.optimizer)([torch.nn.Parameter(torch.zeros(1))])
+        # on the CPU: a fused (device) kernel is the real parameters' device's business
+        device_kernels = {"fused": None} if "fused" in cfg.optimizer else {}
+        optimizer = instantiate(cfg.optimizer, **device_kernels)([torch.nn.Parameter(torch.zeros(1))])
         group = "scheduler"
         scheduler = instantiate(cfg.scheduler)(optimizer)
         optimizer.step()  # no gradient: changes nothing, but the scheduler expects it first
