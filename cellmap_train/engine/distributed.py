@@ -84,6 +84,16 @@ def mean_across_ranks(value: float, info: DistInfo, device: torch.device) -> flo
     return float(tensor.item()) / info.world_size
 
 
+def any_rank(flag: bool, info: DistInfo, device: torch.device) -> bool:
+    """True on every rank when it is true on any: a signal that reached only some ranks stops all
+    of them at the same step (the others would otherwise wait in the next all-reduce for good)."""
+    if not info.enabled:
+        return flag
+    tensor = torch.tensor([float(flag)], device=device)
+    dist.all_reduce(tensor)
+    return bool(tensor.item() > 0)
+
+
 def sync_buffers(model: torch.nn.Module, info: DistInfo) -> None:
     """Give every rank rank 0's buffers (BatchNorm statistics) so validation agrees everywhere."""
     if info.enabled:

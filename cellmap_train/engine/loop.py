@@ -177,7 +177,7 @@ def _fit(settings: TrainSettings, model: torch.nn.Module, optimizer: torch.optim
             if logger is not None:
                 logger.scalars({"loss/train": step_loss, "loss/train_smooth": smooth_loss / smooth_weight, "lr": lr}, step)
             progress.update(step_loss, smooth_loss / smooth_weight)
-            if stop.requested:
+            if distributed.any_rank(stop.requested, info, device):  # a signal: checkpoint this step and stop
                 progress.close()
                 state = training_state(model, optimizer, scheduler, scaler, result, tracked, config)
                 path = format_path(save_template, settings.model_name, epoch)
@@ -246,9 +246,10 @@ def interrupted(stop: StopRequest, info: distributed.DistInfo, path: Path, resul
                 state: dict) -> TrainingInterrupted:
     """Checkpoint the step reached (under the name of the epoch in progress: load_model=latest
     continues inside it, and the finished epoch later replaces the file) and say so in one line."""
-    if info.is_main:
-        save_checkpoint(state, path)
-    return TrainingInterrupted(f"stopped by {stop.signal_name} at epoch {state['epoch'] + 1}, step {state['step']}: "
+    with distributed.main_first(info):  # the other ranks exit after it is written (torchrun then stops the rest)
+        if info.is_main:
+            save_checkpoint(state, path)
+    return TrainingInterrupted(f"stopped by {stop.signal_name or 'a signal to another rank'} at epoch {state['epoch'] + 1}, step {state['step']}: "
                                f"checkpoint {path} written; continue with load_model=latest", result)
 
 

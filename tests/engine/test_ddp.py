@@ -43,3 +43,4 @@ def test_two_process_gloo_run_writes_one_set_of_files(demo_cache, tmp_path):
     writers = {p.name.split(".")[-2] for p in (run / "tensorboard").rglob("events.out.tfevents.*")}
     assert len(writers) == 1  # event files of one process only
     assert (run / "result.json").is_file() and (run / "datasplit.csv").is_file()
+

@@ -7,6 +7,9 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -166,3 +169,41 @@ def test_sigterm_to_the_launching_process_alone_stops_the_parallel_jobs_at_their
         assert table.error[job].startswith("stopped by SIGTERM at epoch 1, step 2: checkpoint")
         assert read_checkpoint(tmp_path / "sweep" / str(job) / "checkpoints" / "2d_unet_1.pth")["step"] == 2
     assert "no new job starts" in out and "Traceback" not in err
+
+
+def rank_process(parent: int, rank: int) -> int:
+    """The pid of torchrun's child with RANK=rank (read from /proc)."""
+    for entry in Path("/proc").iterdir():
+        try:
+            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            environ = (entry / "environ").read_bytes().split(b"\0") if ppid == parent else []
+        except (OSError, ValueError, IndexError):
+            continue
+        if f"RANK={rank}".encode() in environ:
+            return int(entry.name)
+    raise AssertionError(f"no process with RANK={rank} under {parent}")
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="finds a rank's process through /proc")
+def test_a_signal_to_one_rank_stops_every_rank_at_the_same_step_with_one_checkpoint(demo_cache, tmp_path):
+    """Before, the signalled rank left after its step and rank 0 went on into the next step's
+    all-reduce and waited there for good, with no checkpoint written."""
+    env = {**os.environ, "CELLMAP_TRAIN_DEMO_DIR": str(demo_cache), "PYTHONUNBUFFERED": "1", ENV: "step@3:4"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "cellmap_train",
+         "experiment=demo", "trainer=smoke", "trainer.iterations_per_epoch=8", "model.base_features=4", "model.depth=2",
+         "batch_size=2", "trainer.num_threads=1", "hydra.run.dir=run"],
+        cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        wait_for_marker(proc, MARKER)
+        time.sleep(1)  # both ranks pause 4 s in step 3
+        os.kill(rank_process(proc.pid, rank=1), signal.SIGTERM)
+        out, err = proc.communicate(timeout=120)  # it takes seconds; before the fix it never ended
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode != 0
+    assert "stopped by SIGTERM at epoch 1, step 3" in err  # rank 1
+    assert "stopped by a signal to another rank at epoch 1, step 3: checkpoint" in err  # rank 0, which wrote it
+    assert read_checkpoint(tmp_path / "run" / "checkpoints" / "2d_unet_1.pth")["step"] == 3
