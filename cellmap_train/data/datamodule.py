@@ -16,7 +16,8 @@ import torch
 from torch.utils.data import DataLoader
 
 from cellmap_train.data.chunks import ChunkCache
-from cellmap_train.data.dataset import ArrayInfo, CountingSampler, Crop, RandomCropDataset, ValidationTileDataset
+from cellmap_train.data.dataset import (ArrayInfo, CountingSampler, Crop, RandomCropDataset, ShardedBatches,
+                                         ValidationTileDataset)
 from cellmap_train.data.datasplit import make_datasplit_csv, read_datasplit
 from cellmap_train.data.demo import ensure_demo_data
 from cellmap_train.data.transforms import SampleTransforms
@@ -152,5 +153,8 @@ class CellMapData:
         sampler = CountingSampler(start_sample, self.batch_size, rank, world_size)
         return CellMapLoader(self.train_set, batch_size=self.batch_size, sampler=sampler, **self._loader_kwargs())
 
-    def val_loader(self) -> DataLoader:
-        return CellMapLoader(self.val_set, batch_size=self.batch_size, shuffle=False, **self._loader_kwargs())
+    def val_loader(self, rank: int = 0, world_size: int = 1) -> DataLoader:
+        """The validation tiles in a fixed order; with several ranks each takes every
+        world_size-th batch, and the engine adds up what they measured."""
+        batches = ShardedBatches(len(self.val_set), self.batch_size, rank, world_size)
+        return CellMapLoader(self.val_set, batch_sampler=batches, **self._loader_kwargs())

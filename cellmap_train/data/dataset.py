@@ -253,3 +253,20 @@ class CountingSampler(Sampler[int]):
             batch, j = divmod(position, self.batch_size)
             yield (batch * self.world_size + self.rank) * self.batch_size + j
             position += 1
+
+
+class ShardedBatches:
+    """Index lists of a fixed dataset's batches for one rank: global batches rank, rank + world_size,
+    ... of the single-process order, so the ranks together see exactly what one process would
+    (a DataLoader `batch_sampler`)."""
+
+    def __init__(self, length: int, batch_size: int, rank: int = 0, world_size: int = 1):
+        self.length, self.batch_size, self.rank, self.world_size = int(length), int(batch_size), int(rank), int(world_size)
+        self.batches = -(-self.length // self.batch_size)  # all ranks together
+
+    def __iter__(self) -> Iterator[list[int]]:
+        for b in range(self.rank, self.batches, self.world_size):
+            yield list(range(b * self.batch_size, min((b + 1) * self.batch_size, self.length)))
+
+    def __len__(self) -> int:
+        return len(range(self.rank, self.batches, self.world_size))

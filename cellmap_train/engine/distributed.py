@@ -8,6 +8,7 @@ import contextlib
 import hashlib
 import os
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 import torch.distributed as dist
@@ -92,6 +93,24 @@ def any_rank(flag: bool, info: DistInfo, device: torch.device) -> bool:
     tensor = torch.tensor([float(flag)], device=device)
     dist.all_reduce(tensor)
     return bool(tensor.item() > 0)
+
+
+def rank_share(count: int | None, info: DistInfo) -> int | None:
+    """This rank's part of `count` batches dealt round-robin over the ranks (None stays None)."""
+    return count if count is None or not info.enabled else len(range(info.rank, count, info.world_size))
+
+
+def sum_across_ranks(info: DistInfo, device: torch.device) -> Callable[[torch.Tensor], torch.Tensor] | None:
+    """A function giving a tensor's sum over the ranks (None outside DDP)."""
+    if not info.enabled:
+        return None
+
+    def total(tensor: torch.Tensor) -> torch.Tensor:
+        summed = tensor.to(device)  # nccl reduces tensors on the GPU
+        dist.all_reduce(summed)
+        return summed.to(tensor.device)
+
+    return total
 
 
 def sync_buffers(model: torch.nn.Module, info: DistInfo) -> None:

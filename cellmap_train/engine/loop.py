@@ -126,7 +126,7 @@ def _fit(settings: TrainSettings, model: torch.nn.Module, optimizer: torch.optim
 
     batches = DeviceBatches(data.train_loader(start_sample=step * accumulate * data.batch_size, rank=info.rank,
                                               world_size=info.world_size), device, channels_last)
-    val_loader = data.val_loader()
+    val_loader = data.val_loader(info.rank, info.world_size)  # each rank validates its share of the batches
     if resumed is not None:  # after the loader took its seed, so the RNG continues where it stopped
         load_training_state(resumed[0], resumed[1], optimizer, scheduler, scaler)
         print(f"Resumed from {resumed[1]} (epoch {start_epoch}, step {step}).")
@@ -190,7 +190,8 @@ def _fit(settings: TrainSettings, model: torch.nn.Module, optimizer: torch.optim
         # ---- validate, schedule, judge, log, checkpoint
         distributed.sync_buffers(model, info)  # every rank validates the same model
         val = validate(model, val_loader, criterion, data.classes, device, autocast if amp_dtype else None,
-                       settings.validation_time_limit, settings.validation_batch_limit, channels_last=channels_last)
+                       settings.validation_time_limit, distributed.rank_share(settings.validation_batch_limit, info),
+                       channels_last=channels_last, across_ranks=distributed.sum_across_ranks(info, device))
         metrics = {"loss/train_epoch": loss_sum / settings.iterations_per_epoch, **val.metrics,
                    "val/batches": val.batches, "val/coverage": val.fraction,
                    "throughput/samples_per_s": settings.iterations_per_epoch * accumulate * data.batch_size / train_seconds}

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 
@@ -29,6 +29,10 @@ class OverlapCounter:
         self.fp += (pred & ~truth).sum(dims).double().cpu()
         self.fn += (~pred & truth).sum(dims).double().cpu()
         self.known += known.sum(dims).double().cpu()
+
+    def add_up(self, total: Callable[[torch.Tensor], torch.Tensor]) -> None:
+        """Replace the counts by `total` of them (the sum over DDP ranks)."""
+        self.tp, self.fp, self.fn, self.known = total(torch.stack([self.tp, self.fp, self.fn, self.known]))
 
     def scores(self) -> dict[str, float]:
         """dice/<class>, iou/<class>, dice/mean, iou/mean. A class with no known voxel, or with
