@@ -9,6 +9,8 @@ from __future__ import annotations
 import multiprocessing
 import os
 import signal
+import sys
+import tempfile
 from pathlib import Path
 from typing import Mapping, Sequence
 
@@ -72,6 +74,24 @@ class IgnoreCtrlC:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         if self.then is not None:
             self.then(worker_id)
+
+
+SOCKET_PATH_MAX = 107 if sys.platform.startswith("linux") else 103  # a socket address holds 108 (macOS: 104) bytes
+WORKER_SOCKET = len("/pymp-12345678/listener-12345678")  # where multiprocessing puts it, under the temp dir
+
+
+def check_worker_socket_path() -> None:
+    """DataLoader workers hand each batch's shared memory over as a file descriptor, through a
+    Unix socket that multiprocessing makes under TMPDIR. When that path is too long for a socket
+    address, every worker drops its batches (an `AF_UNIX path too long` traceback each) and the
+    run waits for them for good: say so before training instead."""
+    if torch.multiprocessing.get_sharing_strategy() != "file_descriptor":
+        return
+    length = len(tempfile.gettempdir()) + WORKER_SOCKET
+    if length > SOCKET_PATH_MAX:
+        raise ConfigError(f"TMPDIR={tempfile.gettempdir()}: too long for the sockets DataLoader workers pass batches "
+                          f"through ({length} characters, at most {SOCKET_PATH_MAX}); use a shorter TMPDIR "
+                          f"(e.g. TMPDIR=/tmp) or data.dataloader_kwargs.num_workers=0")
 
 
 class CellMapData:
@@ -141,6 +161,7 @@ class CellMapData:
             kwargs["multiprocessing_context"] = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
         if kwargs.get("num_workers"):
             kwargs["worker_init_fn"] = IgnoreCtrlC(kwargs.get("worker_init_fn"))
+            check_worker_socket_path()
         try:
             DataLoader([0], **kwargs)
         except (TypeError, ValueError) as err:

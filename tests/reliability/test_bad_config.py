@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import tempfile
 
 import pytest
 
@@ -81,6 +82,21 @@ def test_folder_with_another_runs_checkpoints_is_refused(run_inprocess, tmp_path
     assert "already holds checkpoints of an earlier run (epochs 3..3)" in line and "load_model=latest" in line
     assert (checkpoints / "2d_unet_3.pth").read_bytes() == b"an earlier run"
     assert not (tmp_path / "run" / "datasplit.csv").exists()
+
+
+def test_a_temp_dir_too_long_for_the_workers_sockets_is_one_line_before_any_data(run_inprocess, tmp_path, monkeypatch):
+    """Under such a TMPDIR every DataLoader worker dropped its batches and the run waited for good."""
+    long_dir = tmp_path / ("t" * max(1, 100 - len(str(tmp_path))))
+    long_dir.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(long_dir))  # what TMPDIR sets, read once per process
+    monkeypatch.setenv("CELLMAP_TRAIN_DEMO_DIR", str(tmp_path / "no_demo_yet"))
+    code, stderr = run_inprocess("experiment=demo", "hydra.run.dir=run")
+    assert code == 1
+    assert f"TMPDIR={long_dir}: too long for the sockets DataLoader workers pass batches through" in error_line(stderr)
+    assert not (tmp_path / "no_demo_yet").exists()
+    code, stderr = run_inprocess("experiment=demo", "hydra.run.dir=run", "data.dataloader_kwargs.num_workers=0",
+                                 "epochs=1", "iterations_per_epoch=1")
+    assert code == 0, stderr[-2000:]  # no workers, no sockets
 
 
 @pytest.mark.parametrize("mode", ["run", "sweep"])
