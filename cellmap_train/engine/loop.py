@@ -250,7 +250,8 @@ def interrupted(stop: StopRequest, info: distributed.DistInfo, path: Path, resul
     with distributed.main_first(info):  # the other ranks exit after it is written (torchrun then stops the rest)
         if info.is_main:
             save_checkpoint(state, path)
-    return TrainingInterrupted(f"stopped by {stop.signal_name or 'a signal to another rank'} at epoch {state['epoch'] + 1}, step {state['step']}: "
+    by = stop.signal_name or "a signal to another rank"
+    return TrainingInterrupted(f"stopped by {by} at epoch {state['epoch'] + 1}, step {state['step']}: "
                                f"checkpoint {path} written; continue with load_model=latest", result)
 
 
