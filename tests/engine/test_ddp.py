@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 
@@ -35,16 +36,29 @@ def test_ranks_validate_every_world_size_th_batch_of_the_single_process_order():
     assert list(ShardedBatches(3, batch_size=4, rank=1, world_size=2)) == []  # a rank may get none
 
 
+def run_with_its_processes(command: list[str], timeout: float, **kwargs) -> subprocess.CompletedProcess:
+    """subprocess.run with output captured; a run that outlives `timeout` is killed together with
+    every process it started (torchrun's ranks and their loader workers), so a hang leaves none."""
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+                            **kwargs)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    return subprocess.CompletedProcess(command, proc.returncode, out, err)
+
+
 @pytest.mark.slow
 def test_two_process_gloo_run_writes_one_set_of_files_and_validates_in_shares(demo_cache, tmp_path):
     # a process says when it validates its 3rd batch: over 2 epochs with a limit of 3, rank 0 takes
     # 2 batches an epoch and rank 1 one, so only rank 0 gets there (each would, validating all 3)
     env = {**os.environ, "CELLMAP_TRAIN_DEMO_DIR": str(demo_cache), "PYTHONUNBUFFERED": "1", ENV: "validation@3:0"}
-    proc = subprocess.run(
+    proc = run_with_its_processes(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "cellmap_train",
          "experiment=demo", "trainer=smoke", "trainer.epochs=2", "model.base_features=4", "model.depth=2",
          "batch_size=2", "trainer.num_threads=1", "trainer.validation_batch_limit=3"],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+        cwd=tmp_path, env=env, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "DDP: weights identical on all 2 ranks" in proc.stdout
     assert proc.stderr.count(MARKER) == 1, proc.stderr[-3000:]
