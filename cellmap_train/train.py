@@ -76,8 +76,10 @@ def train(cfg: DictConfig, stop: StopRequest | None = None) -> FitResult:
 
 
 def report(result: FitResult, cfg: DictConfig) -> None:
-    first, final = result.first_metrics.get("dice/mean", float("nan")), result.final_metrics.get("dice/mean", float("nan"))
-    print(f"Validation Dice (mean over {list(cfg.classes)}): epoch 1 {first:.3f} -> final {final:.3f}; "
+    final = result.final_metrics.get("dice/mean", float("nan"))
+    # a run that had nothing left to train has no first epoch of its own: its checkpoint's metrics
+    first = f"epoch 1 {result.first_metrics['dice/mean']:.3f} -> " if "dice/mean" in result.first_metrics else ""
+    print(f"Validation Dice (mean over {list(cfg.classes)}): {first}final {final:.3f}; "
           f"best {cfg.trainer.best_metric} {result.best_metric:.3f} at epoch {result.best_epoch}")
     print(f"Checkpoint: {result.checkpoint}")
     print(f"TensorBoard: tensorboard --logdir {run_path(cfg, cfg.logs_save_path)}")

@@ -123,6 +123,8 @@ def _fit(settings: TrainSettings, model: torch.nn.Module, optimizer: torch.optim
         print(f"Nothing to train: the checkpoint is at epoch {start_epoch} and epochs={settings.epochs}.")
         # reported as what the checkpoint holds (a finished job of a continued sweep keeps its row)
         result.epochs_done, result.steps, result.checkpoint = start_epoch, step, str(found[1]) if found else None
+        if resumed is not None:  # its epoch's validation metrics, as saved with it
+            result.final_metrics = {k: float(v) for k, v in resumed[0].get("metrics", {}).items()}
 
     batches = DeviceBatches(data.train_loader(start_sample=step * accumulate * data.batch_size, rank=info.rank,
                                               world_size=info.world_size), device, channels_last)

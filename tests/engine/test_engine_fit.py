@@ -141,3 +141,6 @@ def test_a_finished_run_resumed_has_nothing_to_train_and_reports_what_its_checkp
     assert "Nothing to train: the checkpoint is at epoch 2 and epochs=2." in capsys.readouterr().out
     assert (again.epochs_done, again.steps, again.checkpoint) == (2, 4, first.checkpoint)
     assert again.best_metric == first.best_metric and again.best_epoch == first.best_epoch
+    assert again.final_metrics["dice/mean"] == first.final_metrics["dice/mean"]  # the last epoch's, from its checkpoint
+    assert again.final_metrics["loss/val"] == pytest.approx(first.final_metrics["loss/val"])
+    assert again.first_metrics == {}  # no epoch of its own to report
