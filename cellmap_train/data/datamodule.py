@@ -62,16 +62,20 @@ STANDARD_START_METHODS = (None, "fork", "spawn", "forkserver")
 LOADER_ARGUMENTS_SET_HERE = {"dataset", "batch_size", "shuffle", "sampler", "batch_sampler"}
 
 
-class IgnoreCtrlC:
-    """worker_init_fn: Ctrl-C in a terminal signals the whole process group, workers included;
-    they leave it to the main process, which finishes the step, writes its checkpoint and then
-    stops them. Runs `then` (the configured worker_init_fn) afterwards; picklable for spawn."""
+class LeaveSignalsToMain:
+    """worker_init_fn: a terminal's Ctrl-C signals the whole process group, and so do Slurm (at its
+    time limit) and torchrun (when it is stopped) with SIGTERM, workers included. Workers ignore
+    both and leave them to the main process, which finishes the step, writes its checkpoint and
+    then stops them through their queues (a worker whose main process is gone exits on its own
+    within seconds; SIGKILL still works). Runs `then` (the configured worker_init_fn) afterwards;
+    picklable for spawn."""
 
     def __init__(self, then=None):
         self.then = then
 
     def __call__(self, worker_id: int) -> None:
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, signal.SIG_IGN)
         if self.then is not None:
             self.then(worker_id)
 
@@ -160,7 +164,7 @@ class CellMapData:
             # inside a joblib/loky job the default context is loky's, which DataLoader workers cannot use
             kwargs["multiprocessing_context"] = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
         if kwargs.get("num_workers"):
-            kwargs["worker_init_fn"] = IgnoreCtrlC(kwargs.get("worker_init_fn"))
+            kwargs["worker_init_fn"] = LeaveSignalsToMain(kwargs.get("worker_init_fn"))
             check_worker_socket_path()
         try:
             DataLoader([0], **kwargs)

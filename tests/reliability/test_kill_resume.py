@@ -93,18 +93,20 @@ def test_signal_checkpoints_the_step_and_resume_is_exact(spawn, tmp_path, refere
     assert same_weights(final_weights(tmp_path / "run"), reference)
 
 
-def test_ctrl_c_in_a_terminal_reaches_the_workers_too_and_the_checkpoint_is_written(spawn, tmp_path):
-    # a terminal's Ctrl-C signals the whole process group. Here it comes while the main process still
-    # waits on validation batches from spawned workers (which get no handler from it): they must go on.
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_to_the_whole_group_reaches_the_workers_too_and_the_checkpoint_is_written(spawn, tmp_path, sig):
+    # a terminal's Ctrl-C signals the whole process group; so do Slurm at its time limit and torchrun
+    # when stopped, with SIGTERM. Here it comes while the main process still waits on validation
+    # batches from spawned workers (which get no handler from it): they must go on.
     proc = spawn(*EPOCHS, "hydra.run.dir=run", "validation_batch_limit=12", "data.dataloader_kwargs.num_workers=1",
                  "data.dataloader_kwargs.prefetch_factor=1", "+data.dataloader_kwargs.multiprocessing_context=spawn",
                  env={ENV: "validation@1:2"}, new_session=True)
     wait_for_marker(proc, MARKER)
-    os.killpg(proc.pid, signal.SIGINT)
+    os.killpg(proc.pid, sig)
     _, stderr = proc.communicate(timeout=300)
     assert proc.returncode == 1
     line = error_line(stderr)
-    assert "stopped by SIGINT at epoch 2, step 4: checkpoint" in line and "2d_unet_2.pth written" in line, line
+    assert f"stopped by {sig.name} at epoch 2, step 4: checkpoint" in line and "2d_unet_2.pth written" in line, line
     assert read_checkpoint(tmp_path / "run" / "checkpoints" / "2d_unet_1.pth")["epoch"] == 1
     state = read_checkpoint(tmp_path / "run" / "checkpoints" / "2d_unet_2.pth")
     assert (state["epoch"], state["step"], state["epoch_steps"]) == (1, 4, 1)
@@ -184,26 +186,62 @@ def rank_process(parent: int, rank: int) -> int:
     raise AssertionError(f"no process with RANK={rank} under {parent}")
 
 
-@pytest.mark.slow
-@pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="finds a rank's process through /proc")
-def test_a_signal_to_one_rank_stops_every_rank_at_the_same_step_with_one_checkpoint(demo_cache, tmp_path):
-    """Before, the signalled rank left after its step and rank 0 went on into the next step's
-    all-reduce and waited there for good, with no checkpoint written."""
-    env = {**os.environ, "CELLMAP_TRAIN_DEMO_DIR": str(demo_cache), "PYTHONUNBUFFERED": "1", ENV: "step@3:4"}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "cellmap_train",
-         "experiment=demo", "trainer=smoke", "trainer.iterations_per_epoch=8", "model.base_features=4", "model.depth=2",
-         "batch_size=2", "trainer.num_threads=1", "hydra.run.dir=run"],
-        cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+DDP_RUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "cellmap_train",
+           "experiment=demo", "trainer=smoke", "trainer.epochs=2", "trainer.iterations_per_epoch=6",
+           "model.base_features=4", "model.depth=2", "batch_size=2", "trainer.num_threads=1", "hydra.run.dir=run"]
+
+
+def torchrun(cwd: Path, demo_cache: Path, *args: str, pause: str | None = None) -> subprocess.Popen:
+    env = {**os.environ, "CELLMAP_TRAIN_DEMO_DIR": str(demo_cache), "PYTHONUNBUFFERED": "1"}
+    if pause:
+        env[ENV] = pause
+    return subprocess.Popen([*DDP_RUN, *args], cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True)
+
+
+def finish_group(proc: subprocess.Popen, timeout: float = 120) -> tuple[str, str]:
+    """Its output once it ends; a run that outlives `timeout` is killed with every process it started."""
     try:
-        wait_for_marker(proc, MARKER)
-        time.sleep(1)  # both ranks pause 4 s in step 3
-        os.kill(rank_process(proc.pid, rank=1), signal.SIGTERM)
-        out, err = proc.communicate(timeout=120)  # it takes seconds; before the fix it never ended
+        return proc.communicate(timeout=timeout)
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
+
+
+def ddp_digest(stdout: str) -> str:
+    return next(line for line in stdout.splitlines() if line.startswith("DDP: weights identical")).rsplit("sha256 ", 1)[1]
+
+
+@pytest.fixture(scope="module")
+def ddp_reference(tmp_path_factory, demo_cache) -> str:
+    """The weights digest of the DDP run, never interrupted."""
+    proc = torchrun(tmp_path_factory.mktemp("ddp_reference"), demo_cache)
+    out, err = finish_group(proc)
+    assert proc.returncode == 0, err[-3000:]
+    return ddp_digest(out)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="finds a rank's process through /proc")
+@pytest.mark.parametrize("target", ["one_rank", "torchrun"])
+def test_a_signal_to_torchrun_or_one_rank_stops_every_rank_at_the_same_step_and_resume_is_exact(
+        demo_cache, tmp_path, ddp_reference, target):
+    """SIGTERM to torchrun (it passes it to each rank's process group, loader workers included) or
+    to one rank only. Before, the first killed the loader workers, so no checkpoint was written;
+    with the second the signalled rank left and rank 0 waited in the next all-reduce for good."""
+    proc = torchrun(tmp_path, demo_cache, pause="step@3:4")
+    try:
+        wait_for_marker(proc, MARKER)
+        time.sleep(1)  # both ranks pause 4 s in step 3
+        os.kill(proc.pid if target == "torchrun" else rank_process(proc.pid, rank=1), signal.SIGTERM)
+    finally:
+        out, err = finish_group(proc)  # it takes seconds; before the fixes it never ended or wrote nothing
     assert proc.returncode != 0
-    assert "stopped by SIGTERM at epoch 1, step 3" in err  # rank 1
-    assert "stopped by a signal to another rank at epoch 1, step 3: checkpoint" in err  # rank 0, which wrote it
+    assert "stopped by SIGTERM at epoch 1, step 3" in err  # rank 1 (both, from torchrun)
+    rank0 = "SIGTERM" if target == "torchrun" else "a signal to another rank"
+    assert f"stopped by {rank0} at epoch 1, step 3: checkpoint" in err  # rank 0, which wrote it
     assert read_checkpoint(tmp_path / "run" / "checkpoints" / "2d_unet_1.pth")["step"] == 3
+    resumed = torchrun(tmp_path, demo_cache, "load_model=latest")
+    out, err = finish_group(resumed)
+    assert resumed.returncode == 0, err[-3000:]
+    assert "Resumed from" in out and ddp_digest(out) == ddp_reference  # the same weights as never stopped
