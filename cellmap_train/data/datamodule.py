@@ -6,11 +6,14 @@ check it (so bad data fails before training starts) and hands out DataLoaders.
 
 from __future__ import annotations
 
+import atexit
+import functools
 import multiprocessing
 import os
 import signal
 import sys
 import tempfile
+import threading
 from pathlib import Path
 from typing import Mapping, Sequence
 
@@ -78,6 +81,27 @@ class LeaveSignalsToMain:
             signal.signal(sig, signal.SIG_IGN)
         if self.then is not None:
             self.then(worker_id)
+
+
+def _kill_workers_left() -> None:
+    workers = [child for child in multiprocessing.active_children() if child.daemon]  # DataLoader workers
+    if not workers:
+        return
+    if hasattr(signal, "SIGCHLD") and threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)  # torch's handler would report each as a failed worker
+    for worker in workers:
+        worker.kill()
+    for worker in workers:
+        worker.join(timeout=5)
+
+
+@functools.cache
+def kill_workers_left_at_exit() -> None:
+    """Workers ignore SIGTERM (LeaveSignalsToMain), and multiprocessing ends the daemonic children
+    still running at exit with SIGTERM and then waits for them: a run ending on an error raised
+    while its loader was open (a worker's read failing for good) would wait for good. Registered
+    after multiprocessing's own exit handler, this one runs first and kills them."""
+    atexit.register(_kill_workers_left)
 
 
 SOCKET_PATH_MAX = 107 if sys.platform.startswith("linux") else 103  # a socket address holds 108 (macOS: 104) bytes
@@ -165,6 +189,7 @@ class CellMapData:
             kwargs["multiprocessing_context"] = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
         if kwargs.get("num_workers"):
             kwargs["worker_init_fn"] = LeaveSignalsToMain(kwargs.get("worker_init_fn"))
+            kill_workers_left_at_exit()
             check_worker_socket_path()
         try:
             DataLoader([0], **kwargs)
