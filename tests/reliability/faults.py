@@ -4,6 +4,7 @@ test folder on sys.path, and several folders have a conftest.py)."""
 from __future__ import annotations
 
 import hashlib
+import os
 import selectors
 import subprocess
 import time
@@ -35,17 +36,26 @@ def assert_untouched(before: dict[str, str], folder: Path) -> None:
 
 
 def wait_for_marker(proc: subprocess.Popen, marker: str, timeout: float = 300) -> list[str]:
-    """Read stderr lines until one contains `marker`; returns the lines read."""
+    """Read stderr lines until one contains `marker`; returns the lines read. Reads the pipe's
+    bytes itself and keeps what follows the marker's line for the next call: a buffered
+    readline() could hold a second marker that arrived with the first, while select() waits on
+    an empty pipe (two sweep jobs pausing at once)."""
+    pending: bytearray = proc.__dict__.setdefault("_marker_pending", bytearray())
     lines, deadline = [], time.monotonic() + timeout
     selector = selectors.DefaultSelector()
     selector.register(proc.stderr, selectors.EVENT_READ)
     while time.monotonic() < deadline:
-        if selector.select(timeout=1):
-            line = proc.stderr.readline()
-            if not line:
-                break
+        while b"\n" in pending:
+            end = pending.index(b"\n") + 1
+            line = pending[:end].decode(errors="replace")
+            del pending[:end]
             lines.append(line)
             if marker in line:
                 return lines
+        if selector.select(timeout=1):
+            chunk = os.read(proc.stderr.fileno(), 65536)
+            if not chunk:
+                break
+            pending += chunk
     proc.kill()
     raise AssertionError(f"never saw {marker!r}; stderr:\n{''.join(lines)[-3000:]}\nstdout:\n{proc.stdout.read()[-2000:]}")
