@@ -20,7 +20,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 from cellmap_train.files import atomic_write
-from cellmap_train.sweep_stop import STOP_FILE, StopSweepOnSignal, runs_jobs_in_this_process, stops_the_sweep
+from cellmap_train.sweep_stop import STOP_FILE, StopSweepOnSignal, jobs_run_in_other_processes_here
 
 if TYPE_CHECKING:  # pandas is imported only when a sweep summary is made: every run's start-up is spared it
     import pandas as pd
@@ -109,7 +109,7 @@ class SweepSummary(Callback):
         sweep_dir, launcher = Path(config.hydra.sweep.dir), str(config.hydra.launcher._target_)
         if sweep_dir.is_dir():  # one that cannot be made is the launcher's error, in one line
             (sweep_dir / STOP_FILE).unlink(missing_ok=True)  # continuing a stopped sweep runs what is left
-        if stops_the_sweep(launcher) and not runs_jobs_in_this_process(launcher):
+        if jobs_run_in_other_processes_here(launcher):
             self.on_signal = StopSweepOnSignal(sweep_dir).__enter__()  # left in on_multirun_end
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:

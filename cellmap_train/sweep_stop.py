@@ -37,6 +37,12 @@ def runs_jobs_in_this_process(launcher_target: str) -> bool:
     return launcher_target.endswith("BasicLauncher")
 
 
+def jobs_run_in_other_processes_here(launcher_target: str) -> bool:
+    """joblib, submitit's local launcher: the launching process waits for its jobs on a first
+    signal (`StopSweepOnSignal`) and they watch for the sweep's mark (`SweepJobStop`)."""
+    return stops_the_sweep(launcher_target) and not runs_jobs_in_this_process(launcher_target)
+
+
 def mark_stopped(sweep_dir: str | Path, signal_name: str) -> None:
     with atomic_write(Path(sweep_dir) / STOP_FILE) as handle:
         handle.write(signal_name + "\n")
@@ -71,7 +77,7 @@ class SweepJobStop(StopRequest):
 
 def job_stop_request(launcher_target: str, sweep_dir: str | Path) -> StopRequest:
     """What a --multirun job holds while it trains (`train.run_job`)."""
-    if stops_the_sweep(launcher_target) and not runs_jobs_in_this_process(launcher_target):
+    if jobs_run_in_other_processes_here(launcher_target):
         return SweepJobStop(sweep_dir)
     return StopRequest()
 
