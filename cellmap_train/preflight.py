@@ -103,6 +103,8 @@ def check_optimizer_and_scheduler(cfg: DictConfig) -> None:
     import torch
     from hydra.utils import instantiate
 
+    from cellmap_train.engine.loop import step_epoch_scheduler
+
     group = "optimizer"
     try:
         # on the CPU: a fused (device) kernel is the real parameters' device's business
@@ -112,7 +114,7 @@ def check_optimizer_and_scheduler(cfg: DictConfig) -> None:
         scheduler = instantiate(cfg.scheduler)(optimizer)
         optimizer.step()  # no gradient: changes nothing, but the scheduler expects it first
         if scheduler is not None:  # one step: a run of one step takes one (OneCycleLR counts them)
-            scheduler.step(1.0) if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau) else scheduler.step()
+            step_epoch_scheduler(scheduler, val_loss=1.0)
     except (ArithmeticError, LookupError, TypeError, ValueError) as err:
         message = str(err).strip().splitlines()[0] if str(err).strip() else ""
         raise ConfigError(f"{group} ({cfg[group].get('_target_')}): {type(err).__name__}: {message}") from err

@@ -198,10 +198,7 @@ def _fit(settings: TrainSettings, model: torch.nn.Module, optimizer: torch.optim
                    "val/batches": val.batches, "val/coverage": val.fraction,
                    "throughput/samples_per_s": settings.iterations_per_epoch * accumulate * data.batch_size / train_seconds}
         if scheduler is not None and not schedule_per_step:
-            if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
-                scheduler.step(metrics["loss/val"])
-            else:
-                scheduler.step()
+            step_epoch_scheduler(scheduler, metrics["loss/val"])
         tracked = smoothed(tracked, metrics.get(settings.best_metric, math.nan), settings.best_metric_ema)
         if settings.best_metric_ema is not None:
             metrics[ranking_tag(settings)] = tracked
@@ -232,6 +229,14 @@ def _fit(settings: TrainSettings, model: torch.nn.Module, optimizer: torch.optim
     if identical:
         print(identical)
     return result
+
+
+def step_epoch_scheduler(scheduler, val_loss: float) -> None:
+    """ReduceLROnPlateau steps on the validation loss; the others on the epoch alone."""
+    if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+        scheduler.step(val_loss)
+    else:
+        scheduler.step()
 
 
 def training_state(model, optimizer, scheduler, scaler, result: FitResult, tracked: float, config: dict | None) -> dict:
