@@ -86,3 +86,6 @@ def check_shorthands(cfg: DictConfig) -> None:
     if not isinstance(classes, ListConfig) or not classes or not all(isinstance(c, str) and c for c in classes):
         shown = OmegaConf.to_container(classes) if isinstance(classes, ListConfig) else classes
         raise ConfigError(f"classes={shown!r}: must be a non-empty list of class names, e.g. classes=[nuc,mito]")
+    twice = next((c for i, c in enumerate(classes) if c in classes[:i]), None)
+    if twice is not None:  # two output channels of one class, and its metrics written over each other
+        raise ConfigError(f"classes={list(classes)!r}: {twice!r} is listed twice")

@@ -35,6 +35,7 @@ CASES = {
     "device_a_float": (["device=1.5"], "device=1.5: not a device; use null, cpu, cuda, cuda:N or mps"),
     "classes_a_number": (["classes=4"], "classes=4: must be a non-empty list of class names"),
     "classes_empty": (["classes=[]"], "classes=[]: must be a non-empty list of class names"),
+    "classes_twice": (["classes=[nuc,er,nuc]"], "classes=['nuc', 'er', 'nuc']: 'nuc' is listed twice"),
     "labels_dtype": (["transforms.train.target.dtype=int8"],
                      "transforms.train.target: ValueError: BinarizeLabels dtype must be one of uint8, float32, got 'int8'"),
     "loader_workers_negative": (["data.dataloader_kwargs.num_workers=-1"],
