@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import atexit
 import functools
+import logging
 import multiprocessing
 import os
 import signal
@@ -23,11 +24,12 @@ from torch.utils.data import DataLoader
 from cellmap_train.data.chunks import ChunkCache
 from cellmap_train.data.dataset import (ArrayInfo, CountingSampler, Crop, RandomCropDataset, ShardedBatches,
                                          ValidationTileDataset)
-from cellmap_train.data.datasplit import make_datasplit_csv, read_datasplit
+from cellmap_train.data.datasplit import label_names_on_disk, make_datasplit_csv, read_datasplit
 from cellmap_train.data.demo import ensure_demo_data
 from cellmap_train.data.transforms import SampleTransforms
 from cellmap_train.errors import ConfigError, DataError, UserError
 
+log = logging.getLogger(__name__)
 
 class _UserErrorsFromWorkers:
     """Iterator wrapper: a DataError raised in a worker arrives as 'Caught DataError in
@@ -122,6 +124,38 @@ def check_worker_socket_path() -> None:
                           f"(e.g. TMPDIR=/tmp) or data.dataloader_kwargs.num_workers=0")
 
 
+def warn_of_unannotated_classes(classes: Sequence[str], crops: Mapping[str, Sequence[Crop]], datasplit_path: Path,
+                                storage_options: Mapping | None = None) -> None:
+    """A class that no training crop annotates gets no training signal: a misspelt name, a datasplit
+    written for other classes, or the challenge's full class list trained on a few datasets (which
+    its tool allows, so this warns rather than stops). The warning names what the crops do hold.
+    A class that no validation crop annotates gets a Dice of n/a every epoch."""
+    def annotating(usage: str) -> set[str]:
+        return {cls for crop in crops[usage] for cls in crop.entry.classes}
+
+    untrained = [cls for cls in classes if cls not in annotating("train")]
+    if untrained and crops["train"]:  # no training crop at all: the training set says so
+        on_disk = label_names_on_disk([crop.entry for crop in crops["train"]], dict(storage_options or {}))
+        stale = [cls for cls in untrained if cls in on_disk]
+        hint = (f"; its crops do hold {_names(stale)}: {datasplit_path.name} was written for other classes, remove it "
+                f"to list the crops again" if stale else f"; label groups in its crops: {_names(sorted(on_disk))}")
+        log.warning("%s: annotated in no training crop of %s, so nothing is learnt for %s%s",
+                    _classes(untrained), datasplit_path, "it" if len(untrained) == 1 else "them", hint)
+    unvalidated = [cls for cls in classes if cls not in annotating("validate") and cls not in untrained]
+    if unvalidated:
+        log.warning("%s: annotated in no validation crop of %s; Dice n/a every epoch",
+                    _classes(unvalidated), datasplit_path)
+
+
+def _classes(names: Sequence[str]) -> str:
+    return f"{'class' if len(names) == 1 else 'classes'} {_names(names)}"
+
+
+def _names(names: Sequence[str], most: int = 8) -> str:
+    shown = ", ".join(names[:most]) or "none"
+    return f"{shown} and {len(names) - most} more" if len(names) > most else shown
+
+
 class CellMapData:
     def __init__(self, search_path: str, datasplit_path: str | os.PathLike, classes: Sequence[str],
                  input_array_info: Mapping, target_array_info: Mapping | None = None, batch_size: int = 8,
@@ -157,6 +191,7 @@ class CellMapData:
             crops["train"] = crops["validate"]
         for crop in crops["train"] + crops["validate"]:
             crop.open()
+        warn_of_unannotated_classes(self.classes, crops, self.datasplit_path, self.storage_options)
         self.train_set = RandomCropDataset(crops["train"], train_transforms, self.seed, weighted=weighted_sampler,
                                            rare_class_weight=rare_class_weight)
         self.val_set = ValidationTileDataset(crops["validate"], val_transforms)

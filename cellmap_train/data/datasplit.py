@@ -187,6 +187,22 @@ def make_s3_datasplit_csv(classes: Sequence[str] = ("nuc", "mito"), force_all_cl
                               dry_run=dry_run, base_path=base_path, storage_options=storage_options or {"anon": True}, **kwargs)
 
 
+def label_names_on_disk(entries: Sequence[CropEntry], storage_options: dict | None = None, limit: int = 50) -> set[str]:
+    """The label groups the ground-truth folders of (at most `limit` of) `entries` hold, whatever
+    classes the datasplit lists: what a user can ask for there. One listing per crop."""
+    names: set[str] = set()
+    for entry in list(entries)[:limit]:
+        url = f"{entry.gt_zarr.rstrip('/')}/{entry.gt_path}"
+        fs, path = url_filesystem(url, storage_options)
+        with reachable(url):
+            try:
+                listing = fs.ls(path, detail=True)
+            except FileNotFoundError:
+                continue
+        names.update(item["name"].rstrip("/").rsplit("/", 1)[-1] for item in listing if item.get("type") == "directory")
+    return names
+
+
 def write_datasplit(entries: Sequence[CropEntry], csv_path: str | os.PathLike) -> None:
     """Write atomically: a crash leaves either the old file or the complete new one."""
     with atomic_write(csv_path, "w", newline="") as handle:

@@ -147,3 +147,46 @@ def test_chunk_cache_changes_no_sample(demo_root, tmp_path, shape):
             torch.testing.assert_close(x, z, equal_nan=True, rtol=0, atol=0)
     cache = cached.train_set.crops[0].cache
     assert cache.hits > cache.misses > 0 and cache is cached.val_set.crops[0].cache
+
+
+def test_a_class_no_training_crop_annotates_is_a_warning_naming_what_the_crops_hold(demo_root, tmp_path, caplog):
+    # a misspelt name; the challenge's full class list on a few datasets is the same case, and its tool trains it
+    with caplog.at_level("WARNING"):
+        data = make_data(demo_root, tmp_path, classes=["nuc", "mitochondria"])
+    assert data.classes == ["nuc", "mitochondria"]
+    assert [r.getMessage() for r in caplog.records] == [
+        f"class mitochondria: annotated in no training crop of {tmp_path / 'split.csv'}, so nothing is learnt for it; "
+        f"label groups in its crops: er, mito, nuc"]
+    caplog.clear()
+    (tmp_path / "many").mkdir()  # a new datasplit
+    with caplog.at_level("WARNING"):
+        make_data(demo_root, tmp_path / "many", classes=["nuc", *(f"c{i}" for i in range(10))])
+    assert "classes c0, c1, c2, c3, c4, c5, c6, c7 and 2 more: annotated in no training crop" in caplog.text
+
+
+def test_a_datasplit_written_for_other_classes_is_named_as_the_cause(demo_root, tmp_path, caplog):
+    make_data(demo_root, tmp_path, classes=["nuc"])  # writes split.csv listing nuc only
+    with caplog.at_level("WARNING"):
+        make_data(demo_root, tmp_path, classes=["nuc", "mito"])
+    assert "class mito: annotated in no training crop of" in caplog.text
+    assert "; its crops do hold mito: split.csv was written for other classes, remove it to list the crops again" in caplog.text
+    (tmp_path / "split.csv").unlink()
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        make_data(demo_root, tmp_path, classes=["nuc", "mito"])
+    assert not caplog.records
+
+
+def test_a_class_only_training_crops_annotate_trains_with_a_warning(demo_root, tmp_path, caplog):
+    make_data(demo_root, tmp_path)
+    split = tmp_path / "split.csv"
+    # the validation crops no longer list mito (one listing only mito is left out): it cannot be scored, but it still trains
+    rows = [row.replace(",mito]", "]").replace("[mito,", "[") if row.startswith('"validate"') else row
+            for row in split.read_text().splitlines() if not row.endswith('/[mito]"')]
+    split.write_text("\n".join(rows) + "\n")
+    with caplog.at_level("WARNING"):
+        data = make_data(demo_root, tmp_path)
+    assert any("mito" in c.entry.classes for c in data.train_set.crops)
+    assert not any("mito" in c.entry.classes for c in data.val_set.crops)
+    assert [r.getMessage() for r in caplog.records] == [
+        f"class mito: annotated in no validation crop of {split}; Dice n/a every epoch"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from cellmap_train.data.datasplit import make_s3_datasplit_csv
+from cellmap_train.data.datasplit import label_names_on_disk, make_s3_datasplit_csv
 from cellmap_train.data.ngff import open_level
 
 
@@ -19,6 +19,8 @@ def test_datasplit_and_reads_through_a_configured_endpoint(s3_endpoint, s3_demo_
     local = open_level(str(demo_root / entries[0].gt_zarr.removeprefix("s3://cellmap-demo/") / entries[0].gt_path / "nuc"), [16] * 3)
     assert remote.translation == local.translation
     np.testing.assert_array_equal(remote.read_labels([0, 0, 0], (8, 8, 8)), local.read_labels([0, 0, 0], (8, 8, 8)))
+    # what a misspelt class's error lists: every label group in the bucket's crops, not only the requested ones
+    assert label_names_on_disk(entries, options) == {"nuc", "er", "mito"}
 
 
 @pytest.mark.slow
