@@ -118,3 +118,54 @@ def check_optimizer_and_scheduler(cfg: DictConfig) -> None:
     except (ArithmeticError, LookupError, TypeError, ValueError) as err:
         message = str(err).strip().splitlines()[0] if str(err).strip() else ""
         raise ConfigError(f"{group} ({cfg[group].get('_target_')}): {type(err).__name__}: {message}") from err
+
+
+def check_output_fits_labels(cfg: DictConfig) -> None:
+    """The loss compares the model's output with the labels voxel for voxel, both centred on one
+    point: the labels must have the output's shape and, for a model whose output is the input's
+    size (every shipped one), its voxel size too (else `target_array_info.scale` alone would train
+    on misaligned labels), and must not reach past the input (the model cannot see there). The
+    output shape comes from a copy of the model on the meta device: no memory, no compute."""
+    inputs = ArrayInfo.parse(cfg.input_array_info, "input_array_info")
+    labels = ArrayInfo.parse(cfg.target_array_info, "target_array_info")
+    if inputs.is_2d and not labels.is_2d:
+        raise ConfigError(f"target_array_info.shape={list(labels.shape)} is 3D but input_array_info.shape="
+                          f"{list(inputs.shape)} is 2D: use [1,H,W] for both")
+    axes = slice(1, None) if inputs.is_2d else slice(None)  # 2D: one slice, whatever its thickness
+    output = _output_shape(cfg, inputs)  # None: a model that cannot run on the meta device
+    if output == inputs.shape[axes] and tuple(labels.scale[axes]) != tuple(inputs.scale[axes]):
+        raise ConfigError(f"model={cfg.model_name} outputs at the input's voxel size ({_nm(inputs.scale[axes])} nm), but "
+                          f"target_array_info.scale={_listed(labels.scale)}: its output would be compared with labels "
+                          f"of another size and place; leave target_array_info.scale as input_array_info.scale")
+    if output is not None and output != labels.shape[axes]:
+        raise ConfigError(f"model={cfg.model_name} outputs {_nm(output)} voxels for input_array_info.shape="
+                          f"{list(inputs.shape)}, but target_array_info.shape={list(labels.shape)}: the output and "
+                          f"the labels must have one shape")
+    seen, wanted = inputs.extent[axes], labels.extent[axes]
+    if (wanted > seen + 1e-6).any():  # whatever the model: it cannot predict where it does not see
+        raise ConfigError(f"target_array_info covers {_nm(wanted)} nm, more than input_array_info's {_nm(seen)} nm: "
+                          f"the labels would reach past what the model sees")
+
+
+def _output_shape(cfg: DictConfig, inputs: ArrayInfo) -> tuple[int, ...] | None:
+    """The model's spatial output shape for one sample, or None when a (custom) model cannot say."""
+    import torch
+
+    from cellmap_train.models.build import build_model
+
+    spatial = inputs.shape[1:] if inputs.is_2d else inputs.shape
+    try:
+        with torch.device("meta"):
+            model = build_model(cfg.model, cfg.get("model_kwargs")).eval()
+            output = model(torch.empty(1, int(cfg.model.get("in_channels", 1)), *spatial))
+        return tuple(output.shape[2:])
+    except Exception:  # noqa: BLE001 - whatever stops it, the real build or the loss reports it plainly
+        return None
+
+
+def _nm(values) -> str:
+    return "x".join(f"{float(v):g}" for v in values)
+
+
+def _listed(values) -> str:
+    return f"[{', '.join(f'{float(v):g}' for v in values)}]"

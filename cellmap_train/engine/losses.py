@@ -8,10 +8,20 @@ from typing import Sequence
 import torch
 from torch import nn
 
+from cellmap_train.errors import ConfigError
+
 
 def _channel_view(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     """[C] -> [1, C, 1, ...] so it broadcasts over a batch of N, C, *spatial."""
     return values.to(like.device, like.dtype).view(1, -1, *([1] * (like.ndim - 2)))
+
+
+def check_shapes(logits: torch.Tensor, target: torch.Tensor) -> None:
+    """One line instead of torch's broadcasting error (or a silent broadcast) when a model's output
+    and the labels differ; the preflight catches it before training for models it can run on meta."""
+    if logits.shape != target.shape:
+        raise ConfigError(f"the model's output {list(logits.shape)} and the labels {list(target.shape)} differ in shape: "
+                          f"target_array_info.shape must be what the model outputs for input_array_info.shape")
 
 
 class MaskedBCELoss(nn.Module):
@@ -27,6 +37,7 @@ class MaskedBCELoss(nn.Module):
         self.register_buffer("pos_weight", weight, persistent=False)
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        check_shapes(logits, target)
         known = ~torch.isnan(target)
         target = torch.nan_to_num(target, nan=0.0).to(logits.dtype)
         pos_weight = None if self.pos_weight is None else _channel_view(self.pos_weight.expand(logits.shape[1]), logits)
@@ -47,6 +58,7 @@ class MaskedSoftDiceLoss(nn.Module):
         self.smooth = float(smooth)
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        check_shapes(logits, target)
         known = (~torch.isnan(target)).to(logits.dtype)
         prob = torch.sigmoid(logits) * known
         truth = torch.nan_to_num(target, nan=0.0).to(logits.dtype) * known

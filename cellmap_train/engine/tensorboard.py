@@ -23,13 +23,16 @@ class TensorBoardLogger:
 
     def images(self, raw: torch.Tensor, target: torch.Tensor, prob: torch.Tensor, classes: Sequence[str], step: int) -> None:
         """One grid per class: rows raw / target / prediction for a few samples (middle z for 3D).
-        Unknown target voxels are drawn at 0.5 grey."""
-        if raw.ndim == 5:  # N, C, Z, Y, X -> middle slice
-            mid = raw.shape[2] // 2
-            raw, target, prob = raw[:, :, mid], target[:, :, mid], prob[:, :, mid]
+        Unknown target voxels are drawn at 0.5 grey. Raw is drawn at the labels' size when they
+        differ (a model that predicts at a coarser voxel size)."""
+        if raw.ndim == 5:  # N, C, Z, Y, X -> middle slice of each
+            raw, target, prob = (volume[:, :, volume.shape[2] // 2] for volume in (raw, target, prob))
         n = min(self.images_per_class, raw.shape[0])
-        lo, hi = raw[:n].amin(dim=(1, 2, 3), keepdim=True), raw[:n].amax(dim=(1, 2, 3), keepdim=True)
-        shown_raw = (raw[:n] - lo) / (hi - lo).clamp_min(1e-8)
+        raw = raw[:n].float()
+        if raw.shape[2:] != target.shape[2:]:
+            raw = torch.nn.functional.interpolate(raw, size=tuple(target.shape[2:]), mode="area")
+        lo, hi = raw.amin(dim=(1, 2, 3), keepdim=True), raw.amax(dim=(1, 2, 3), keepdim=True)
+        shown_raw = (raw - lo) / (hi - lo).clamp_min(1e-8)
         for c, cls in enumerate(classes):
             truth = torch.nan_to_num(target[:n, c : c + 1], nan=0.5)
             rows = torch.cat([shown_raw, truth, prob[:n, c : c + 1].float()], dim=0)  # 3n x 1 x H x W

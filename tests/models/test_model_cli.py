@@ -70,9 +70,77 @@ def test_bad_model_settings_fail_in_one_line(run_cli, tmp_path, overrides, messa
 @pytest.mark.parametrize("experiment,model,classes", [("train_2D", "2d_unet", 2), ("train_3D", "vitnet", 48)])
 def test_challenge_examples_compose(compose_cfg, experiment, model, classes):
     from cellmap_train.models.build import build_model
+    from cellmap_train.preflight import check_output_fits_labels
 
     cfg = compose_cfg(f"experiment={experiment}")
     assert cfg.hydra.runtime.choices.model == model and len(cfg.classes) == classes
     assert (cfg.lr, cfg.batch_size, cfg.epochs, cfg.iterations_per_epoch) == (1e-4, 8, 1000, 1000)
     assert cfg.validation_time_limit == 60 and cfg.load_model == "latest"
     assert build_model(cfg.model).head.out_channels == classes
+    check_output_fits_labels(cfg)  # the model's output (found on the meta device) has the labels' shape
+
+
+USER_NETS = """
+import torch
+
+
+class HalfNet(torch.nn.Module):
+    # predicts at half the input's resolution: labels at twice the voxel size, over the same field
+    def __init__(self, in_channels, out_channels, **unused):
+        super().__init__()
+        self.conv, self.pool = torch.nn.Conv2d(in_channels, out_channels, 3, padding=1), torch.nn.AvgPool2d(2)
+
+    def forward(self, x):
+        return self.pool(self.conv(x))
+
+
+class OpaqueNet(HalfNet):
+    # reads a value in forward, so the meta device cannot tell its output shape before training
+    def forward(self, x):
+        return self.pool(self.conv(x)) if float(x.abs().sum()) >= 0 else x
+"""
+
+
+@pytest.fixture
+def user_nets(tmp_path) -> dict:
+    package = tmp_path / "user_code"
+    package.mkdir()
+    (package / "user_nets.py").write_text(USER_NETS)
+    return {"PYTHONPATH": str(package)}
+
+
+def test_a_model_predicting_at_half_resolution_trains_on_labels_of_twice_the_voxel_size(run_cli, tmp_path, user_nets):
+    proc = run_cli("experiment=demo", "trainer=smoke", "hydra.run.dir=run", "model=custom", "model._target_=user_nets.HalfNet",
+                   "target_array_info.scale=[16,16,16]", "target_array_info.shape=[1,48,48]", env=user_nets, check=True)
+    assert "Validation Dice" in proc.stdout and (tmp_path / "run" / "checkpoints" / "custom_1.pth").is_file()
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    images = []
+    for events in (tmp_path / "run" / "tensorboard" / "custom").rglob("events.out.tfevents.*"):
+        accumulator = EventAccumulator(str(events), size_guidance={"images": 0})
+        accumulator.Reload()
+        images += accumulator.Images("samples/nuc") if "samples/nuc" in accumulator.Tags()["images"] else []
+    # rows raw / labels / prediction of 4 samples, raw drawn at the labels' 48 x 48
+    assert [(image.height, image.width) for image in images] == [(3 * 48 + 2 * 2, 4 * 48 + 3 * 2)]
+
+
+@pytest.mark.parametrize("overrides,message", [
+    # every shipped model predicts at the input's voxel size: a label scale of its own would misalign them silently
+    (["target_array_info.scale=[16,16,16]"], "model=2d_unet outputs at the input's voxel size (8x8 nm), but "
+                                             "target_array_info.scale=[16, 16, 16]: its output would be compared"),
+    (["target_array_info.shape=[1,48,48]"], "model=2d_unet outputs 96x96 voxels for input_array_info.shape=[1, 96, 96], "
+                                            "but target_array_info.shape=[1, 48, 48]: the output and the labels must"),
+    (["model=custom", "model._target_=user_nets.HalfNet", "target_array_info.shape=[1,96,96]"],
+     "model=custom outputs 48x48 voxels for input_array_info.shape=[1, 96, 96], but target_array_info.shape=[1, 96, 96]"),
+    (["model=custom", "model._target_=user_nets.HalfNet", "target_array_info={shape:[1,48,48],scale:[32,32,32]}"],
+     "target_array_info covers 1536x1536 nm, more than input_array_info's 768x768 nm: the labels would reach past"),
+    # no meta-device answer: the loss says it at the first step, before any checkpoint
+    (["model=custom", "model._target_=user_nets.OpaqueNet"],
+     "the model's output [8, 3, 48, 48] and the labels [8, 3, 96, 96] differ in shape: target_array_info.shape must be"),
+])
+def test_labels_that_do_not_fit_the_models_output_fail_in_one_line(run_cli, tmp_path, user_nets, overrides, message):
+    proc = run_cli("experiment=demo", "trainer=smoke", "hydra.run.dir=run", *overrides, env=user_nets)
+    assert proc.returncode == 1
+    lines = error_lines(proc)
+    assert len(lines) == 1 and lines[0].startswith(f"cellmap_train: error: {message}"), proc.stderr
+    assert not (tmp_path / "run" / "checkpoints").exists()

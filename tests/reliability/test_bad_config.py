@@ -23,6 +23,9 @@ CASES = {
     "bad_interpolation": (["lr=${nothere}"], "Interpolation key 'nothere' not found"),
     "2d_model_3d_shape": (["input_array_info.shape=[8,64,64]"], "model=2d_unet is 2D but input_array_info.shape=[8, 64, 64] is 3D"),
     "3d_model_2d_shape": (["model=3d_unet", "input_array_info.shape=[1,64,64]"], "model=3d_unet is 3D but"),
+    "3d_labels_2d_input": (["target_array_info.shape=[4,96,96]"], "target_array_info.shape=[4, 96, 96] is 3D but "
+                                                                  "input_array_info.shape=[1, 96, 96] is 2D"),
+    "label_scale_alone": (["target_array_info.scale=[16,16,16]"], "model=2d_unet outputs at the input's voxel size"),
     "bad_amp": (["trainer.amp=fp8"], "trainer.amp must be null, bf16 or fp16"),
     "autotuner_not_a_bool": (["trainer.cudnn_benchmark=often"], "trainer.cudnn_benchmark must be null, true or false, got 'often'"),
     "autotuner_when_deterministic": (["trainer.cudnn_benchmark=true", "trainer.deterministic=true"],
