@@ -142,7 +142,7 @@ def warn_of_unannotated_classes(classes: Sequence[str], crops: Mapping[str, Sequ
         log.warning("%s: annotated in no training crop of %s, so nothing is learnt for %s%s",
                     _classes(untrained), datasplit_path, "it" if len(untrained) == 1 else "them", hint)
     unvalidated = [cls for cls in classes if cls not in annotating("validate") and cls not in untrained]
-    if unvalidated:
+    if unvalidated and crops["validate"]:  # no validation crop at all: the validation set says so
         log.warning("%s: annotated in no validation crop of %s; Dice n/a every epoch",
                     _classes(unvalidated), datasplit_path)
 
@@ -196,7 +196,8 @@ class CellMapData:
                                            rare_class_weight=rare_class_weight)
         self.val_set = ValidationTileDataset(crops["validate"], val_transforms)
         if len(self.val_set) == 0:
-            raise DataError(f"{self.datasplit_path}: no validation crops with any of {self.classes}")
+            why = "; validation_prob=0 leaves none (validation judges the best epoch)" if validation_prob == 0 else ""
+            raise DataError(f"{self.datasplit_path}: no validation crops with any of {self.classes}{why}")
 
     @property
     def spatial_dims(self) -> int:

@@ -190,3 +190,11 @@ def test_a_class_only_training_crops_annotate_trains_with_a_warning(demo_root, t
     assert not any("mito" in c.entry.classes for c in data.val_set.crops)
     assert [r.getMessage() for r in caplog.records] == [
         f"class mito: annotated in no validation crop of {split}; Dice n/a every epoch"]
+
+
+def test_no_validation_crop_is_one_error_naming_validation_prob(demo_root, tmp_path, caplog):
+    with caplog.at_level("WARNING"), pytest.raises(DataError) as caught:
+        make_data(demo_root, tmp_path, validation_prob=0)
+    assert str(caught.value) == (f"{tmp_path / 'split.csv'}: no validation crops with any of ['nuc', 'er', 'mito']; "
+                                 f"validation_prob=0 leaves none (validation judges the best epoch)")
+    assert not caplog.records  # not also a warning per class
