@@ -145,6 +145,8 @@ def make_datasplit_csv(classes: Sequence[str] = ("nuc", "mito"), force_all_class
     csv_path = Path(csv_path)
     if csv_path.exists() and not overwrite and not dry_run:
         return read_datasplit(csv_path)
+    if "{base_path}" in search_path and "://" not in str(base_path) and not Path(base_path).is_dir():
+        raise DataError(f"{base_path}: no such folder to list crops from")
     search_path = search_path.replace("{base_path}", str(base_path).rstrip("/"))
     rows = find_crops(classes, datasets, crops, search_path, raw_name, crop_name, storage_options)
     if scale is not None:
@@ -159,7 +161,8 @@ def make_datasplit_csv(classes: Sequence[str] = ("nuc", "mito"), force_all_class
         gt_zarr, gt_path = _split_zarr(crop_url)
         entries.append(CropEntry(usage, raw_zarr, raw_path, gt_zarr, gt_path, present))
     if not entries:
-        raise DataError(f"{search_path}: no crops with any of the classes {list(classes)}")
+        shown = list(classes) if len(classes) <= 8 else f"{list(classes)[:8]} and {len(classes) - 8} more"
+        raise DataError(f"{search_path}: no crops with any of the classes {shown}")
     if not dry_run:
         write_datasplit(entries, csv_path)
     return entries

@@ -10,6 +10,7 @@ import pytest
 
 from cellmap_train.cli import main as cli_main
 from cellmap_train.data.datasplit import assign_usages, make_datasplit_csv, read_datasplit
+from cellmap_train.errors import DataError
 
 ALL = ("nuc", "er", "mito")
 
@@ -106,5 +107,11 @@ def test_cli_entry_point_reports_a_missing_folder_in_one_line(tmp_path):
     proc = subprocess.run([*script, "datasplit", "-p", str(tmp_path / "nowhere"), "-cp", str(tmp_path / "x.csv")],
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
-    assert proc.stderr.strip().count("\n") == 0 and "nowhere" in proc.stderr and "no crops" in proc.stderr
+    assert proc.stderr.strip().count("\n") == 0 and f"{tmp_path / 'nowhere'}: no such folder to list crops from" in proc.stderr
     assert not (tmp_path / "x.csv").exists()
+
+
+def test_no_crop_with_any_class_shortens_a_long_class_list(tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError, match=r"no crops with any of the classes \['c0', .*, 'c7'\] and 40 more$"):
+        make_datasplit_csv([f"c{i}" for i in range(48)], base_path=str(tmp_path / "empty"), csv_path=tmp_path / "x.csv")
