@@ -24,6 +24,7 @@ from torch.utils.data import DataLoader
 from cellmap_train.data.chunks import ChunkCache
 from cellmap_train.data.dataset import (ArrayInfo, CountingSampler, Crop, RandomCropDataset, ShardedBatches,
                                          ValidationTileDataset)
+from cellmap_train.data.ngff import MissingScaleError
 from cellmap_train.data.datasplit import label_names_on_disk, make_datasplit_csv, read_datasplit
 from cellmap_train.data.demo import ensure_demo_data
 from cellmap_train.data.transforms import SampleTransforms
@@ -124,6 +125,37 @@ def check_worker_socket_path() -> None:
                           f"(e.g. TMPDIR=/tmp) or data.dataloader_kwargs.num_workers=0")
 
 
+def open_at_scale(crops: Sequence[Crop], usage: str, input_info: ArrayInfo, target_info: ArrayInfo) -> list[Crop]:
+    """Open the crops; leave out, with one warning, those whose raw has no level at the input's
+    voxel size or whose classes have none at the target's (crops of a dataset are often annotated
+    at another resolution than the rest: one of them should not stop a run over all the others).
+    A class left out of a crop counts as unannotated there. None left: the first reason, as an error."""
+    kept, no_raw = [], []
+    for crop in crops:
+        try:
+            crop.open()
+        except MissingScaleError as err:
+            no_raw.append(str(err))
+            continue
+        if crop.known:
+            kept.append(crop)
+    reasons = no_raw + [why for crop in crops for why in crop.unavailable.values()]
+    if crops and not kept:
+        raise DataError(f"no {usage} crop has data at the voxel sizes asked for: {reasons[0]}")
+    if reasons:
+        arrays = sum(len(crop.unavailable) for crop in crops)
+        what = [f"{len(crops) - len(kept)} of {len(crops)} left out" if len(kept) < len(crops) else "",
+                f"{arrays} class array{'s' if arrays > 1 else ''} counted as unannotated" if arrays else ""]
+        scales = " / ".join(sorted({_nm(input_info.scale), _nm(target_info.scale)}))
+        log.warning("%s crops: %s: no level at %s nm (e.g. %s); data.filter_by_scale=true leaves such classes out of "
+                    "a new datasplit", usage, ", ".join(filter(None, what)), scales, reasons[0])
+    return kept
+
+
+def _nm(values: Sequence[float]) -> str:
+    return "x".join(f"{v:g}" for v in values)
+
+
 def warn_of_unannotated_classes(classes: Sequence[str], crops: Mapping[str, Sequence[Crop]], datasplit_path: Path,
                                 storage_options: Mapping | None = None) -> None:
     """A class that no training crop annotates gets no training signal: a misspelt name, a datasplit
@@ -136,7 +168,8 @@ def warn_of_unannotated_classes(classes: Sequence[str], crops: Mapping[str, Sequ
     untrained = [cls for cls in classes if cls not in annotating("train")]
     if untrained and crops["train"]:  # no training crop at all: the training set says so
         on_disk = label_names_on_disk([crop.entry for crop in crops["train"]], dict(storage_options or {}))
-        stale = [cls for cls in untrained if cls in on_disk]
+        other_scale = {cls for crop in crops["train"] for cls in crop.unavailable}  # said by open_at_scale
+        stale = [cls for cls in untrained if cls in on_disk and cls not in other_scale]
         hint = (f"; its crops do hold {_names(stale)}: {datasplit_path.name} was written for other classes, remove it "
                 f"to list the crops again" if stale else f"; label groups in its crops: {_names(sorted(on_disk))}")
         log.warning("%s: annotated in no training crop of %s, so nothing is learnt for %s%s",
@@ -187,10 +220,9 @@ class CellMapData:
         crops = {usage: [Crop(e, self.classes, self.input_info, self.target_info, self.storage_options, cache)
                          for e in entries if e.usage == usage and set(e.classes) & set(self.classes)]
                  for usage in ("train", "validate")}
-        if train_on_validation:
-            crops["train"] = crops["validate"]
-        for crop in crops["train"] + crops["validate"]:
-            crop.open()
+        crops["validate"] = open_at_scale(crops["validate"], "validate", self.input_info, self.target_info)
+        crops["train"] = (crops["validate"] if train_on_validation else
+                          open_at_scale(crops["train"], "train", self.input_info, self.target_info))
         warn_of_unannotated_classes(self.classes, crops, self.datasplit_path, self.storage_options)
         self.train_set = RandomCropDataset(crops["train"], train_transforms, self.seed, weighted=weighted_sampler,
                                            rare_class_weight=rare_class_weight)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 import numbers
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from itertools import zip_longest
 from typing import Iterator, Mapping, Sequence
 
@@ -22,7 +22,7 @@ from torch.utils.data import Dataset, Sampler
 
 from cellmap_train.data.chunks import ChunkCache
 from cellmap_train.data.datasplit import CropEntry
-from cellmap_train.data.ngff import ScaleLevel, coarsest_level, open_level
+from cellmap_train.data.ngff import MissingScaleError, ScaleLevel, coarsest_level, open_level
 from cellmap_train.data.transforms import SampleTransforms
 from cellmap_train.errors import ConfigError, DataError
 
@@ -82,16 +82,27 @@ class Crop:
         self._raw: ScaleLevel | None = None
         self._labels: dict[str, ScaleLevel | None] | None = None
         self._pid: int | None = None
+        self.unavailable: dict[str, str] = {}  # class -> why it has no level at the target's voxel size
 
     def __getstate__(self):  # spawned workers reopen their own stores
         return {**self.__dict__, "_raw": None, "_labels": None, "_pid": None}
 
     def open(self) -> "Crop":
+        """Raises MissingScaleError when the raw has no level at the input's voxel size. A class
+        without one at the target's counts as unannotated here from then on (`unavailable` says
+        why), in this process and in the workers it is copied to."""
         if self._raw is None or self._pid != os.getpid():
-            self._labels = {cls: open_level(self.entry.label_url(cls), self.target_info.scale, self.storage_options, self.cache)
-                            if cls in self.entry.classes else None for cls in self.classes}
-            self._raw = open_level(self.entry.raw_url, self.input_info.scale, self.storage_options, self.cache)
-            self._pid = os.getpid()
+            raw = open_level(self.entry.raw_url, self.input_info.scale, self.storage_options, self.cache)
+            self._labels = {cls: None for cls in self.classes}
+            for cls in (c for c in self.classes if c in self.entry.classes):
+                try:
+                    self._labels[cls] = open_level(self.entry.label_url(cls), self.target_info.scale, self.storage_options,
+                                                   self.cache)
+                except MissingScaleError as err:
+                    self.unavailable[cls] = str(err)
+            if self.unavailable:
+                self.entry = replace(self.entry, classes=tuple(c for c in self.entry.classes if c not in self.unavailable))
+            self._raw, self._pid = raw, os.getpid()
         return self
 
     @property

@@ -246,6 +246,11 @@ def open_level_array(group: zarr.Group, path: str, name: str):
         raise DataError(f"{path}/{name}: listed in multiscales but missing") from err
 
 
+class MissingScaleError(DataError):
+    """The multiscale group has no level at the voxel size asked for (crops of one dataset are
+    often annotated at another resolution than the rest)."""
+
+
 def open_level(path: str, scale: Sequence[float], storage_options: dict | None = None,
                cache: ChunkCache | None = None) -> ScaleLevel:
     """The level of the multiscale group at `path` whose voxel size equals `scale` (nm, z/y/x).
@@ -265,7 +270,7 @@ def open_level(path: str, scale: Sequence[float], storage_options: dict | None =
             fs, fs_path = url_filesystem(f"{path}/{name}", storage_options)
             return ScaleLevel(array, level_scale, translation, f"{path}/{name}", encoding, chunk_reader(array, fs, fs_path, cache))
     available = ", ".join(f"{name}={list(s)}" for name, s, _ in levels)
-    raise DataError(f"{path}: no level at scale {list(wanted)} nm (available: {available})")
+    raise MissingScaleError(f"{path}: no level at scale {list(wanted)} nm (available: {available})")
 
 
 def coarsest_level(path: str, storage_options: dict | None = None) -> ScaleLevel:

@@ -3,6 +3,7 @@ across DataLoader workers, crop weighting, validation tiles, errors raised insid
 
 from __future__ import annotations
 
+import json
 import pickle
 import shutil
 
@@ -198,3 +199,42 @@ def test_no_validation_crop_is_one_error_naming_validation_prob(demo_root, tmp_p
     assert str(caught.value) == (f"{tmp_path / 'split.csv'}: no validation crops with any of ['nuc', 'er', 'mito']; "
                                  f"validation_prob=0 leaves none (validation judges the best epoch)")
     assert not caplog.records  # not also a warning per class
+
+
+def keep_only_coarse_level(group) -> None:
+    """Make a multiscale group hold 16 nm only, as a crop annotated at a coarser resolution does."""
+    attrs = json.loads((group / ".zattrs").read_text())
+    datasets = attrs["multiscales"][0]["datasets"]
+    attrs["multiscales"][0]["datasets"] = [d for d in datasets if d["path"] != "s0"]
+    (group / ".zattrs").write_text(json.dumps(attrs))
+
+
+def test_crops_without_the_voxel_size_asked_for_are_left_out_with_a_warning(demo_root, tmp_path, caplog):
+    root = tmp_path / "data"
+    shutil.copytree(demo_root, root)
+    make_data(root, tmp_path)  # the split: crops 1-4 and 6-8, 10 train, 5 and 9 validate
+    keep_only_coarse_level(root / "jrc_demo-2/jrc_demo-2.zarr/recon-1/em/fibsem-uint8")  # its five crops go
+    keep_only_coarse_level(root / "jrc_demo-1/jrc_demo-1.zarr/recon-1/labels/groundtruth/crop1/mito")  # unknown there
+    with caplog.at_level("WARNING"):
+        data = make_data(root, tmp_path)
+    assert sorted(c.entry.name for c in data.train_set.crops) == [f"jrc_demo-1/crop{i}" for i in (1, 2, 3, 4)]
+    assert [c.entry.name for c in data.val_set.crops] == ["jrc_demo-1/crop5"]
+    crop1 = data.train_set.crops[0]
+    assert crop1.entry.classes == ("nuc", "er") and "mito" in crop1.unavailable
+    labels = crop1.read(np.mean(data.train_set.bounds[0], axis=0))[1]
+    assert np.isnan(labels[2]).all() and not np.isnan(labels[0]).all()  # mito unknown in crop1, nuc read
+    raw_path = root / "jrc_demo-2/jrc_demo-2.zarr/recon-1/em/fibsem-uint8"
+    assert [r.getMessage() for r in caplog.records] == [
+        f"validate crops: 1 of 2 left out: no level at 8x8x8 nm (e.g. {raw_path}: "
+        f"no level at scale [8.0, 8.0, 8.0] nm (available: s1=[16.0, 16.0, 16.0])); data.filter_by_scale=true leaves "
+        f"such classes out of a new datasplit",
+        f"train crops: 4 of 8 left out, 1 class array counted as unannotated: no level at 8x8x8 nm (e.g. {raw_path}: "
+        f"no level at scale [8.0, 8.0, 8.0] nm (available: s1=[16.0, 16.0, 16.0])); data.filter_by_scale=true leaves "
+        f"such classes out of a new datasplit"]
+    # a worker gets the crops as they are now: it does not look for mito in crop1 again
+    assert pickle.loads(pickle.dumps(crop1)).entry.classes == ("nuc", "er")
+
+    keep_only_coarse_level(root / "jrc_demo-1/jrc_demo-1.zarr/recon-1/em/fibsem-uint8")  # no crop is left
+    with pytest.raises(DataError, match=r"^no validate crop has data at the voxel sizes asked for: .*jrc_demo-\d.zarr/"
+                                        r"recon-1/em/fibsem-uint8: no level at scale \[8.0, 8.0, 8.0\] nm"):
+        make_data(root, tmp_path)
