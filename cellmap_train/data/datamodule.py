@@ -24,13 +24,14 @@ from torch.utils.data import DataLoader
 from cellmap_train.data.chunks import ChunkCache
 from cellmap_train.data.dataset import (ArrayInfo, CountingSampler, Crop, RandomCropDataset, ShardedBatches,
                                          ValidationTileDataset)
-from cellmap_train.data.ngff import MissingScaleError
 from cellmap_train.data.datasplit import label_names_on_disk, make_datasplit_csv, read_datasplit
 from cellmap_train.data.demo import ensure_demo_data
+from cellmap_train.data.ngff import MissingScaleError
 from cellmap_train.data.transforms import SampleTransforms
 from cellmap_train.errors import ConfigError, DataError, UserError
 
 log = logging.getLogger(__name__)
+
 
 class _UserErrorsFromWorkers:
     """Iterator wrapper: a DataError raised in a worker arrives as 'Caught DataError in
