@@ -132,3 +132,10 @@ def test_unknown_group_option_fails_clearly(run_cli):
     assert proc.returncode != 0
     assert "Traceback" not in proc.stderr
     assert "model/nope" in proc.stderr.splitlines()[0]
+
+
+def test_label_shape_and_scale_each_follow_the_input_unless_set(compose_cfg):
+    cfg = compose_cfg("input_array_info.shape=[1,64,64]", "target_array_info.scale=[16,16,16]")
+    assert OmegaConf.to_container(cfg.data.target_array_info, resolve=True) == {"shape": [1, 64, 64], "scale": [16, 16, 16]}
+    cfg = compose_cfg("input_array_info={shape:[8,32,32],scale:[4,4,4]}")
+    assert OmegaConf.to_container(cfg.data.target_array_info, resolve=True) == {"shape": [8, 32, 32], "scale": [4, 4, 4]}
