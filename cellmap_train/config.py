@@ -74,6 +74,33 @@ _SHORTHANDS = {
 }
 
 
+# every run instantiates one of each: `~scheduler` (or `scheduler=null`) leaves a hole, not a default
+REQUIRED_GROUPS = ("paths", "model", "data", "transforms", "optimizer", "scheduler", "loss", "trainer", "logger")
+
+
+def group_options(group: str) -> list[str]:
+    """The options of a config group, as Hydra lists them for `group=<name>` (empty outside a Hydra run)."""
+    from hydra.core.global_hydra import GlobalHydra
+
+    if not GlobalHydra.instance().is_initialized():
+        return []
+    return GlobalHydra.instance().config_loader().get_group_options(group)
+
+
+def removed_group_message(group: str) -> str:
+    options = group_options(group)
+    choose = f"choose one with {group}=<name>" + (f" ({', '.join(options)})" if options else "")
+    hint = "; scheduler=none keeps the learning rate constant" if group == "scheduler" else ""
+    return f"{group}: removed from the config, but every run needs one: {choose}{hint}"
+
+
+def check_groups(cfg: DictConfig) -> None:
+    """Raise ConfigError naming the first group removed from the config, and what to choose instead."""
+    missing = next((group for group in REQUIRED_GROUPS if cfg.get(group) is None), None)
+    if missing:
+        raise ConfigError(removed_group_message(missing))
+
+
 def check_shorthands(cfg: DictConfig) -> None:
     """Raise ConfigError naming the first shorthand with a wrong type or value."""
     for key, (types, ok, expected) in _SHORTHANDS.items():

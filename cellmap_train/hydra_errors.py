@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import sys
 import traceback
 from typing import Any, Callable, Iterator
@@ -19,15 +20,35 @@ from typing import Any, Callable, Iterator
 from hydra.errors import HydraException, MissingConfigException, OverrideParseException
 from omegaconf.errors import OmegaConfBaseException
 
+from cellmap_train.config import removed_group_message
+
 PROG = "cellmap_train"
+
+
+# Hydra's words when a defaults-list entry such as `${experiment}_${model}` names a removed group (`~model`)
+_DEFAULTS_INTERPOLATION = re.compile(r"Error resolving interpolation '(.*)', possible interpolation keys: (.*)")
+
+
+def _removed_group(head: str) -> str | None:
+    match = _DEFAULTS_INTERPOLATION.fullmatch(head)
+    if not match:
+        return None
+    present = {key.strip() for key in match.group(2).split(",")}
+    missing = [name for name in re.findall(r"\$\{(\w+)\}", match.group(1)) if name not in present]
+    return removed_group_message(missing[0]) if missing else None
 
 
 def condense(err: BaseException) -> str:
     """First line of the error, the option list of a missing config and the OmegaConf cause."""
     lines = [line.strip() for line in str(err).splitlines() if line.strip()]
     head = lines[0] if lines else type(err).__name__
+    removed = _removed_group(head)
+    if removed:
+        return removed
     if isinstance(err, OverrideParseException):
         head = f"{err.override}: {head}"
+    elif _override_at_fault(err):  # e.g. `scheduler=null`: Hydra's message does not say which override
+        head = f"{_override_at_fault(err)}: {head}"
     if isinstance(err, MissingConfigException) and err.options:
         head += f" (available: {', '.join(err.options)})"
     elif len(lines) > 1 and not lines[1].startswith(("See http", "full_key:")):
@@ -36,6 +57,15 @@ def condense(err: BaseException) -> str:
     if isinstance(cause, OmegaConfBaseException) and str(cause).strip():
         head += f" ({str(cause).strip().splitlines()[0]})"
     return head
+
+
+def _override_at_fault(err: BaseException) -> str | None:
+    """The command-line override Hydra was reading when it raised, if its innermost frame holds one."""
+    tb = err.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    line = getattr(tb.tb_frame.f_locals.get("override"), "input_line", None) if tb is not None else None
+    return line if isinstance(line, str) and line not in str(err) else None
 
 
 def _raised_by_hydra(err: BaseException) -> bool:

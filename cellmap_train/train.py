@@ -19,7 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from cellmap_train import sweep_stop
-from cellmap_train.config import CONFIG_NAME, RUN_STAMP_ENV, check_shorthands, config_dir
+from cellmap_train.config import CONFIG_NAME, RUN_STAMP_ENV, check_groups, check_shorthands, config_dir
 from cellmap_train.errors import TrainingInterrupted, UserError
 from cellmap_train.hydra_errors import one_line_hydra_errors
 from cellmap_train.interrupt import StopRequest
@@ -39,6 +39,7 @@ def run_path(cfg: DictConfig, path: str) -> str:
 
 
 def train(cfg: DictConfig, stop: StopRequest | None = None) -> FitResult:
+    check_groups(cfg)
     check_shorthands(cfg)
     from cellmap_train.engine import distributed, fit, seed_everything
     from cellmap_train.models.build import build_model
@@ -102,11 +103,12 @@ def record(result: FitResult | None, cfg: DictConfig, seconds: float, error: str
     """What result.json (and a sweep's summary.csv) says about this run: status ok, failed,
     interrupted (a signal stopped it after a checkpoint) or skipped (a signal stopped the sweep)."""
     final = result.final_metrics if result else {}
+    best_metric_name = OmegaConf.select(cfg, "trainer.best_metric")  # None when the config lacks a trainer
     return {
         "status": status or ("failed" if error else "ok"), "error": error,
-        "best_metric_name": cfg.trainer.best_metric, "best_metric": result.best_metric if result else None,
+        "best_metric_name": best_metric_name, "best_metric": result.best_metric if result else None,
         "best_epoch": result.best_epoch if result else None,
-        "final_metric": final.get(cfg.trainer.best_metric), "final_loss_val": final.get("loss/val"),
+        "final_metric": final.get(best_metric_name), "final_loss_val": final.get("loss/val"),
         "epochs_done": result.epochs_done if result else 0, "steps": result.steps if result else 0,
         "wall_time_s": round(seconds, 2), "checkpoint": result.checkpoint if result else None,
     }
@@ -129,12 +131,13 @@ def run_job(cfg: DictConfig, hydra_cfg: DictConfig) -> float:
     start = time.perf_counter()
     multirun = hydra_cfg.mode == RunMode.MULTIRUN
     writes_files = is_rank_zero()  # only rank 0 under torchrun
+    output_dir = OmegaConf.select(cfg, "paths.output_dir", default=hydra_cfg.runtime.output_dir)
     stopped_by = sweep_stop.stopped_by(hydra_cfg.sweep.dir) if multirun else None
     if stopped_by:
         message = f"not run: {stopped_by} stopped the sweep"
         print(f"cellmap_train: {message}", file=sys.stderr)
         if writes_files:
-            write_result(cfg.paths.output_dir, record(None, cfg, 0.0, error=message, status="skipped"))
+            write_result(output_dir, record(None, cfg, 0.0, error=message, status="skipped"))
         return math.nan
     stop = None
     try:
@@ -151,7 +154,7 @@ def run_job(cfg: DictConfig, hydra_cfg: DictConfig) -> float:
         print(f"cellmap_train: error: {message}", file=sys.stderr)
         stopped = isinstance(err, TrainingInterrupted)  # its record keeps the metrics of the epochs it finished
         if writes_files:
-            write_result(cfg.paths.output_dir, record(err.result if stopped else None, cfg, time.perf_counter() - start,
+            write_result(output_dir, record(err.result if stopped else None, cfg, time.perf_counter() - start,
                                                       error=message, status="interrupted" if stopped else None))
         if multirun:
             stop_sweep_if_signalled(stop, hydra_cfg)
@@ -160,7 +163,7 @@ def run_job(cfg: DictConfig, hydra_cfg: DictConfig) -> float:
     if multirun:
         stop_sweep_if_signalled(stop, hydra_cfg)  # the signal came after the last step: the job is done
     if writes_files:
-        write_result(cfg.paths.output_dir, record(result, cfg, time.perf_counter() - start))
+        write_result(output_dir, record(result, cfg, time.perf_counter() - start))
         report(result, cfg)
     return result.best_metric
 

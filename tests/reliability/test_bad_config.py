@@ -61,6 +61,14 @@ CASES = {
     "loss_weight_text": (["loss.pos_weight=abc"], "loss.pos_weight='abc': must be a positive number"),
     "negative_clipping": (["trainer.max_grad_norm=-1"], "trainer.max_grad_norm must be null or > 0, got -1"),
     "model_kwargs_a_number": (["model_kwargs=10"], "model_kwargs=10: must be a mapping of model arguments"),
+    # a group removed with ~group: the user most likely meant "none of these", which only the scheduler has
+    "scheduler_removed": (["~scheduler"], "scheduler: removed from the config, but every run needs one: choose one with "
+                                          "scheduler=<name> (cosine, none, onecycle, step); scheduler=none keeps"),
+    "optimizer_removed": (["~optimizer"], "optimizer: removed from the config, but every run needs one: choose one "
+                                          "with optimizer=<name> (adam, adamw, radam, sgd)"),
+    "trainer_removed": (["~trainer"], "trainer: removed from the config, but every run needs one"),
+    "scheduler_null": (["scheduler=null"], "scheduler=null: Config group override must be a string or a list"),
+    "model_removed": (["~model"], "model: removed from the config, but every run needs one: choose one with model=<name> ("),
 }
 
 
@@ -74,6 +82,17 @@ def test_bad_override_is_one_line_before_any_data(run_inprocess, tmp_path, monke
     assert expected in error_line(stderr)
     assert not empty_cache.exists(), "the demo data was generated although the config is wrong"
     assert not (tmp_path / "run" / "datasplit.csv").exists()
+
+
+def test_a_removed_group_in_a_sweep_fails_each_job_in_the_summary(run_inprocess, tmp_path):
+    """Each job's record is written without the removed group's settings (trainer.best_metric)."""
+    import pandas as pd
+
+    code, output = run_inprocess("-m", "experiment=demo", "hydra.sweep.dir=sweep", "~trainer", "seed=1,2")
+    assert code == 1, output
+    table = pd.read_csv(tmp_path / "sweep" / "summary.csv")
+    assert list(table.status) == ["failed", "failed"]
+    assert table.error.str.startswith("trainer: removed from the config").all()
 
 
 def test_folder_with_another_runs_checkpoints_is_refused(run_inprocess, tmp_path):
