@@ -4,7 +4,10 @@ so a contradictory config or a run folder holding another run's checkpoints fail
 from __future__ import annotations
 
 import inspect
+import logging
 import numbers
+import os
+from dataclasses import dataclass
 from pathlib import Path
 
 from hydra.utils import get_object
@@ -13,6 +16,10 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from cellmap_train.data.dataset import ArrayInfo
 from cellmap_train.engine.checkpoint import epoch_files
 from cellmap_train.errors import ConfigError
+
+log = logging.getLogger(__name__)
+# a training step's memory over its layers' outputs, measured on the CPU (shipped 2D and 3D models, batch 2-8)
+STEP_OVERHEAD = (1.3, 2.7)
 
 
 def check_model_shape(cfg: DictConfig) -> None:
@@ -120,19 +127,19 @@ def check_optimizer_and_scheduler(cfg: DictConfig) -> None:
         raise ConfigError(f"{group} ({cfg[group].get('_target_')}): {type(err).__name__}: {message}") from err
 
 
-def check_output_fits_labels(cfg: DictConfig) -> None:
+def check_output_fits_labels(cfg: DictConfig, meta: MetaRun | None) -> None:
     """The loss compares the model's output with the labels voxel for voxel, both centred on one
     point: the labels must have the output's shape and, for a model whose output is the input's
     size (every shipped one), its voxel size too (else `target_array_info.scale` alone would train
     on misaligned labels), and must not reach past the input (the model cannot see there). The
-    output shape comes from a copy of the model on the meta device: no memory, no compute."""
+    output shape comes from `meta_forward` (None: a model that cannot run on the meta device)."""
     inputs = ArrayInfo.parse(cfg.input_array_info, "input_array_info")
     labels = ArrayInfo.parse(cfg.target_array_info, "target_array_info")
     if inputs.is_2d and not labels.is_2d:
         raise ConfigError(f"target_array_info.shape={list(labels.shape)} is 3D but input_array_info.shape="
                           f"{list(inputs.shape)} is 2D: use [1,H,W] for both")
     axes = slice(1, None) if inputs.is_2d else slice(None)  # 2D: one slice, whatever its thickness
-    output = _output_shape(cfg, inputs)  # None: a model that cannot run on the meta device
+    output = meta.output_shape if meta else None
     if output == inputs.shape[axes] and tuple(labels.scale[axes]) != tuple(inputs.scale[axes]):
         raise ConfigError(f"model={cfg.model_name} outputs at the input's voxel size ({_nm(inputs.scale[axes])} nm), but "
                           f"target_array_info.scale={_listed(labels.scale)}: its output would be compared with labels "
@@ -147,20 +154,67 @@ def check_output_fits_labels(cfg: DictConfig) -> None:
                           f"the labels would reach past what the model sees")
 
 
-def _output_shape(cfg: DictConfig, inputs: ArrayInfo) -> tuple[int, ...] | None:
-    """The model's spatial output shape for one sample, or None when a (custom) model cannot say."""
+@dataclass(frozen=True)
+class MetaRun:
+    output_shape: tuple[int, ...]  # spatial, for one sample
+    kept_per_sample: int  # bytes of the layers' outputs: a lower bound of what backward keeps
+
+
+def meta_forward(cfg: DictConfig) -> MetaRun | None:
+    """One sample through a copy of the model on the meta device (no memory, no compute): its
+    output shape and the bytes its layers' outputs take; None when a (custom) model cannot run there."""
     import torch
 
     from cellmap_train.models.build import build_model
 
+    inputs = ArrayInfo.parse(cfg.input_array_info, "input_array_info")
     spatial = inputs.shape[1:] if inputs.is_2d else inputs.shape
+    kept = 0
+
+    def count(module, args, output) -> None:
+        nonlocal kept
+        for tensor in output if isinstance(output, (tuple, list)) else [output]:
+            # an in-place layer (ReLU(inplace=True)) hands back its input: no new memory
+            if isinstance(tensor, torch.Tensor) and not any(tensor is arg for arg in args):
+                kept += tensor.numel() * tensor.element_size()
+
     try:
         with torch.device("meta"):
             model = build_model(cfg.model, cfg.get("model_kwargs")).eval()
+            for layer in model.modules():
+                if next(layer.children(), None) is None:
+                    layer.register_forward_hook(count)
             output = model(torch.empty(1, int(cfg.model.get("in_channels", 1)), *spatial))
-        return tuple(output.shape[2:])
+        return MetaRun(tuple(output.shape[2:]), kept)
     except Exception:  # noqa: BLE001 - whatever stops it, the real build or the loss reports it plainly
         return None
+
+
+def check_memory(cfg: DictConfig, meta: MetaRun | None, available: int | None) -> None:
+    """On the CPU, a training step needs at least the layers' outputs of a whole batch (measured:
+    STEP_OVERHEAD times that, weights and gradients included); more than the memory available to the process
+    would end in the kernel's OOM killer, which says nothing: say it here. (A GPU raises its own
+    out-of-memory error at the first step, which the engine reports in one line.)"""
+    from cellmap_train.engine.settings import pick_device
+
+    if meta is None or available is None or pick_device(cfg.get("device")).type != "cpu":
+        return
+    ranks = int(os.environ.get("LOCAL_WORLD_SIZE", 1))  # torchrun: every rank on this machine needs as much
+    need = meta.kept_per_sample * int(cfg.batch_size) * ranks
+    what = (f"input_array_info.shape={list(cfg.input_array_info.shape)} with batch_size={cfg.batch_size}"
+            f"{f' on {ranks} ranks' if ranks > 1 else ''} needs")
+    fix = "lower batch_size or the shape (trainer.gradient_accumulation_steps=N trains on N batches per step)"
+    if need > available:
+        raise ConfigError(f"{what} at least {_gib(need)} of memory for model={cfg.model_name}'s activations in a "
+                          f"training step, more than the {_gib(available)} available: {fix}")
+    least, most = (need * factor for factor in STEP_OVERHEAD)
+    if least > available:
+        log.warning("%s about %s-%s of memory for a training step of model=%s, and %s is available: it may run out; %s",
+                    what, f"{least / 2**30:.1f}", _gib(most), cfg.model_name, _gib(available), fix)
+
+
+def _gib(size: float) -> str:
+    return f"{size / 2**30:.1f} GiB"
 
 
 def _nm(values) -> str:

@@ -43,13 +43,17 @@ def train(cfg: DictConfig, stop: StopRequest | None = None) -> FitResult:
     check_shorthands(cfg)
     from cellmap_train.engine import distributed, fit, seed_everything
     from cellmap_train.models.build import build_model
-    from cellmap_train.preflight import (check_model_shape, check_numeric_options, check_optimizer_and_scheduler,
-                                         check_output_fits_labels, check_run_folder)
+    from cellmap_train.memory import available_bytes
+    from cellmap_train.preflight import (check_memory, check_model_shape, check_numeric_options,
+                                         check_optimizer_and_scheduler, check_output_fits_labels, check_run_folder,
+                                         meta_forward)
 
     check_model_shape(cfg)
     check_numeric_options(cfg)
     check_optimizer_and_scheduler(cfg)
-    check_output_fits_labels(cfg)  # after the optimizer, which imports what the meta device needs
+    meta = meta_forward(cfg)  # after the optimizer, which imports what the meta device needs
+    check_output_fits_labels(cfg, meta)
+    check_memory(cfg, meta, available_bytes())
     check_run_folder(cfg)
     seed_everything(cfg.seed)  # before the model, so its initial weights follow the seed
     settings = instantiate(cfg.trainer, run_dir=cfg.paths.output_dir)

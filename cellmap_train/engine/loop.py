@@ -45,6 +45,20 @@ class NonFiniteLossError(UserError):
     pass
 
 
+class OutOfMemory(UserError):
+    pass
+
+
+def out_of_memory(err: BaseException) -> OutOfMemory | None:
+    """A GPU's out-of-memory error, or a CPU allocation the machine refused, as one line with the way out."""
+    message = str(err).strip().splitlines()[0] if str(err).strip() else ""
+    if not isinstance(err, torch.OutOfMemoryError) and "can't allocate memory" not in message:
+        return None
+    return OutOfMemory(f"out of memory ({message}): lower batch_size or input_array_info.shape, or train in "
+                       f"trainer.amp=bf16 (trainer.gradient_accumulation_steps=N keeps the batch per optimizer step); "
+                       f"checkpoints of earlier epochs are kept")
+
+
 @dataclass
 class FitResult:
     """What a run reports back (sweeps tabulate it; the optuna sweeper optimises `best_metric`)."""
@@ -67,10 +81,16 @@ def fit(settings: TrainSettings, model: torch.nn.Module, optimizer: torch.optim.
     info = distributed.init()
     # SIGTERM / Ctrl-C: finish the step, checkpoint it, stop
     with contextlib.nullcontext(stop) if stop is not None else StopRequest() as stop:
-        if info.is_main:
-            return _fit(settings, model, optimizer, scheduler, criterion, data, logger, config, info, stop)
-        with open(os.devnull, "w") as quiet, contextlib.redirect_stdout(quiet):
-            return _fit(settings, model, optimizer, scheduler, criterion, data, None, config, info, stop)
+        try:
+            if info.is_main:
+                return _fit(settings, model, optimizer, scheduler, criterion, data, logger, config, info, stop)
+            with open(os.devnull, "w") as quiet, contextlib.redirect_stdout(quiet):
+                return _fit(settings, model, optimizer, scheduler, criterion, data, None, config, info, stop)
+        except RuntimeError as err:  # torch.OutOfMemoryError is one
+            oom = out_of_memory(err)
+            if oom is None:
+                raise
+            raise oom from err
 
 
 def _fit(settings: TrainSettings, model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler, criterion,

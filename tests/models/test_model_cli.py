@@ -70,14 +70,16 @@ def test_bad_model_settings_fail_in_one_line(run_cli, tmp_path, overrides, messa
 @pytest.mark.parametrize("experiment,model,classes", [("train_2D", "2d_unet", 2), ("train_3D", "vitnet", 48)])
 def test_challenge_examples_compose(compose_cfg, experiment, model, classes):
     from cellmap_train.models.build import build_model
-    from cellmap_train.preflight import check_output_fits_labels
+    from cellmap_train.preflight import check_output_fits_labels, meta_forward
 
     cfg = compose_cfg(f"experiment={experiment}")
     assert cfg.hydra.runtime.choices.model == model and len(cfg.classes) == classes
     assert (cfg.lr, cfg.batch_size, cfg.epochs, cfg.iterations_per_epoch) == (1e-4, 8, 1000, 1000)
     assert cfg.validation_time_limit == 60 and cfg.load_model == "latest"
     assert build_model(cfg.model).head.out_channels == classes
-    check_output_fits_labels(cfg)  # the model's output (found on the meta device) has the labels' shape
+    meta = meta_forward(cfg)
+    assert meta is not None and meta.kept_per_sample > 0
+    check_output_fits_labels(cfg, meta)  # the model's output (found on the meta device) has the labels' shape
 
 
 USER_NETS = """
@@ -98,6 +100,20 @@ class OpaqueNet(HalfNet):
     # reads a value in forward, so the meta device cannot tell its output shape before training
     def forward(self, x):
         return self.pool(self.conv(x)) if float(x.abs().sum()) >= 0 else x
+
+
+class GreedyNet(torch.nn.Conv2d):
+    # runs out of memory at its training forward number `fail_at`, as a GPU would
+    def __init__(self, in_channels, out_channels, fail_at, **unused):
+        super().__init__(in_channels, out_channels, 3, padding=1)
+        self.fail_at, self.calls = fail_at, 0
+
+    def forward(self, x):
+        if torch.is_grad_enabled() and x.device.type != "meta":
+            self.calls += 1
+            if self.calls == self.fail_at:
+                raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB. GPU 0 has 1.2 GiB free")
+        return super().forward(x)
 """
 
 
@@ -144,3 +160,15 @@ def test_labels_that_do_not_fit_the_models_output_fail_in_one_line(run_cli, tmp_
     lines = error_lines(proc)
     assert len(lines) == 1 and lines[0].startswith(f"cellmap_train: error: {message}"), proc.stderr
     assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_out_of_memory_at_a_step_is_one_line_and_keeps_earlier_checkpoints(run_cli, tmp_path, user_nets):
+    # two steps per epoch: the third training forward is epoch 2's first, after epoch 1's checkpoint
+    proc = run_cli("experiment=demo", "epochs=2", "iterations_per_epoch=2", "validation_batch_limit=1", "hydra.run.dir=run",
+                   "model=custom", "model._target_=user_nets.GreedyNet", "+model.fail_at=3", env=user_nets)
+    assert proc.returncode == 1
+    lines = error_lines(proc)
+    assert lines[-1].startswith("cellmap_train: error: out of memory (CUDA out of memory. Tried to allocate 20.00 GiB. "
+                                "GPU 0 has 1.2 GiB free): lower batch_size or input_array_info.shape"), proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir()) == ["custom_1.pth"]

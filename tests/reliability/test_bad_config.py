@@ -67,6 +67,9 @@ CASES = {
     "optimizer_removed": (["~optimizer"], "optimizer: removed from the config, but every run needs one: choose one "
                                           "with optimizer=<name> (adam, adamw, radam, sgd)"),
     "trainer_removed": (["~trainer"], "trainer: removed from the config, but every run needs one"),
+    # the kernel would kill it minutes later without a word (a lower bound of the need: 520 GiB and more)
+    "sample_too_large_for_memory": (["input_array_info.shape=[1,4000,4000]", "batch_size=64", "device=cpu"],
+                                    "input_array_info.shape=[1, 4000, 4000] with batch_size=64 needs at least"),
     "scheduler_null": (["scheduler=null"], "scheduler=null: Config group override must be a string or a list"),
     "model_removed": (["~model"], "model: removed from the config, but every run needs one: choose one with model=<name> ("),
 }

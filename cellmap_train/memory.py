@@ -1,0 +1,66 @@
+"""How much memory this process may use, read the way the kernel will enforce it: what the
+machine has available, or less under a cgroup limit (a container, a Slurm job's --mem). A run
+that asks for more is stopped by the kernel's OOM killer without a word, minutes after it started;
+preflight compares this with what a training step needs at least and says so in one line first."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+_NO_LIMIT = 2**60  # cgroup v1 writes "no limit" as a number near 2**63
+
+
+def available_bytes(proc: Path | str = "/proc", cgroup_root: Path | str = "/sys/fs/cgroup") -> int | None:
+    """The smallest of the machine's MemAvailable and the room left under this process's cgroup
+    memory limit (v2 or v1); None where neither can be read (not Linux). Page cache counts as room:
+    the kernel drops it before it kills, and a run that has read many chunks must not look full."""
+    proc, cgroup_root = Path(proc), Path(cgroup_root)
+    found = [value for value in (_meminfo_available(proc), _cgroup_room(proc, cgroup_root)) if value is not None]
+    return min(found) if found else None
+
+
+def _meminfo_available(proc: Path) -> int | None:
+    for line in _read(proc / "meminfo").splitlines():
+        if line.startswith("MemAvailable:"):
+            return int(line.split()[1]) * 1024  # kB
+    return None
+
+
+def _cgroup_room(proc: Path, root: Path) -> int | None:
+    for line in _read(proc / "self" / "cgroup").splitlines():
+        _, controllers, path = line.split(":", 2)
+        if controllers == "":  # v2: one hierarchy
+            folder = root / path.lstrip("/")
+            limit, used, stat = folder / "memory.max", folder / "memory.current", folder / "memory.stat"
+            cache_key = "file"
+        elif "memory" in controllers.split(","):  # v1: the memory controller's own hierarchy
+            folder = root / "memory" / path.lstrip("/")
+            limit, used, stat = folder / "memory.limit_in_bytes", folder / "memory.usage_in_bytes", folder / "memory.stat"
+            cache_key = "total_cache"
+        else:
+            continue
+        room = _room(_read(limit).strip(), _read(used).strip(), _stat(stat, cache_key))
+        if room is not None:
+            return room
+    return None
+
+
+def _room(limit: str, used: str, cache: int) -> int | None:
+    if not limit.isdigit() or not used.isdigit() or int(limit) >= _NO_LIMIT:  # "max", unreadable or unlimited
+        return None
+    return max(0, int(limit) - max(0, int(used) - cache))
+
+
+def _stat(path: Path, key: str) -> int:
+    for line in _read(path).splitlines():
+        name, _, value = line.partition(" ")
+        if name == key and value.strip().isdigit():
+            return int(value)
+    return 0
+
+
+def _read(path: Path) -> str:
+    try:
+        return path.read_text()
+    except OSError:
+        return ""

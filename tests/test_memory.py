@@ -1,0 +1,121 @@
+"""Memory: the room a process has (machine and cgroup limits, read from files laid out as Linux
+lays them out) and the preflight check that turns a sample shape or batch too large for it into
+one line before any data, instead of the kernel's silent OOM kill."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+
+from cellmap_train.errors import ConfigError
+from cellmap_train.memory import available_bytes
+from cellmap_train.preflight import check_memory, meta_forward
+
+GIB = 2**30
+
+
+def fake_linux(root, cgroup_line: str, meminfo_kb: int, files: dict[str, str]):
+    proc, cgroup = root / "proc", root / "cgroup"
+    (proc / "self").mkdir(parents=True)
+    (proc / "meminfo").write_text(f"MemTotal:  99999999 kB\nMemFree:  1 kB\nMemAvailable:  {meminfo_kb} kB\n")
+    (proc / "self" / "cgroup").write_text(cgroup_line + "\n")
+    for name, text in files.items():
+        (cgroup / name).parent.mkdir(parents=True, exist_ok=True)
+        (cgroup / name).write_text(text)
+    return proc, cgroup
+
+
+def test_machine_memory_when_no_cgroup_limit(tmp_path):
+    proc, cgroup = fake_linux(tmp_path, "0::/", 16 * 2**20, {"memory.max": "max\n", "memory.current": "123\n"})
+    assert available_bytes(proc, cgroup) == 16 * GIB
+
+
+def test_cgroup_v2_limit_counts_page_cache_as_room(tmp_path):
+    # a Slurm job with --mem=8G that has read 3 GiB of chunks into the page cache: 8 - (5 - 3) = 6 GiB of room
+    proc, cgroup = fake_linux(tmp_path, "0::/slurm/job_7", 64 * 2**20, {
+        "slurm/job_7/memory.max": f"{8 * GIB}\n", "slurm/job_7/memory.current": f"{5 * GIB}\n",
+        "slurm/job_7/memory.stat": f"anon {2 * GIB}\nfile {3 * GIB}\n"})
+    assert available_bytes(proc, cgroup) == 6 * GIB
+
+
+def test_cgroup_v1_limit_and_its_no_limit_value(tmp_path):
+    lines = "4:memory:/docker/abc\n3:cpu,cpuacct:/docker/abc"
+    limited = {"memory/docker/abc/memory.limit_in_bytes": f"{4 * GIB}", "memory/docker/abc/memory.usage_in_bytes": f"{GIB}",
+               "memory/docker/abc/memory.stat": "cache 0\ntotal_cache 0\n"}
+    proc, cgroup = fake_linux(tmp_path / "a", lines, 64 * 2**20, limited)
+    assert available_bytes(proc, cgroup) == 3 * GIB
+    unlimited = {**limited, "memory/docker/abc/memory.limit_in_bytes": "9223372036854771712"}
+    proc, cgroup = fake_linux(tmp_path / "b", lines, 64 * 2**20, unlimited)
+    assert available_bytes(proc, cgroup) == 64 * GIB
+
+
+def test_nothing_readable_is_no_answer(tmp_path):
+    assert available_bytes(tmp_path / "no_proc", tmp_path / "no_cgroup") is None
+
+
+def test_this_machine_has_an_answer():
+    assert available_bytes() > 0
+
+
+@pytest.fixture
+def demo_cfg(compose_cfg):
+    return compose_cfg("experiment=demo", "device=cpu", "batch_size=4")
+
+
+def test_a_batch_whose_activations_exceed_the_memory_is_refused(demo_cfg):
+    meta = meta_forward(demo_cfg)
+    need = meta.kept_per_sample * 4
+    with pytest.raises(ConfigError, match=r"input_array_info.shape=\[1, 96, 96\] with batch_size=4 needs at least "
+                                          r".* GiB of memory for model=2d_unet's activations .* lower batch_size"):
+        check_memory(demo_cfg, meta, need - 1)
+
+
+def test_a_batch_that_may_not_fit_is_a_warning(demo_cfg, caplog):
+    meta = meta_forward(demo_cfg)
+    need = meta.kept_per_sample * 4
+    with caplog.at_level(logging.WARNING, logger="cellmap_train.preflight"):
+        check_memory(demo_cfg, meta, need + 1)  # more than the bare activations, less than a step has ever taken
+    assert "it may run out" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="cellmap_train.preflight"):
+        check_memory(demo_cfg, meta, need * 3)
+    assert caplog.text == ""
+
+
+def test_every_rank_of_torchrun_on_the_machine_counts(demo_cfg, monkeypatch):
+    meta = meta_forward(demo_cfg)
+    need = meta.kept_per_sample * 4
+    check_memory(demo_cfg, meta, need * 3)
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")
+    with pytest.raises(ConfigError, match="with batch_size=4 on 4 ranks needs at least"):
+        check_memory(demo_cfg, meta, need * 3)
+
+
+@pytest.mark.parametrize("model", ["2d_unet", "2d_resnet", "3d_unet", "vitnet"])
+def test_the_estimate_is_at_most_what_backward_keeps(compose_cfg, model):
+    """The check may refuse only what cannot fit: every tensor autograd saves for backward is alive
+    at the end of the forward pass, so their storages are a floor of the step's peak memory; the
+    estimate must not exceed it."""
+    import torch
+
+    from cellmap_train.models.build import build_model
+
+    cfg = compose_cfg("experiment=demo", f"model={model}")
+    meta = meta_forward(cfg)
+    storages = {}
+
+    def keep(tensor):
+        storage = tensor.untyped_storage()
+        storages[storage.data_ptr()] = storage.nbytes()
+        return tensor
+
+    torch.manual_seed(0)
+    net = build_model(cfg.model, cfg.get("model_kwargs"))
+    shape = list(cfg.input_array_info.shape)
+    x = torch.rand(2, 1, *(shape[1:] if shape[0] == 1 else shape))
+    with torch.autograd.graph.saved_tensors_hooks(keep, lambda tensor: tensor):
+        net(x).sum().backward()
+    saved = sum(storages.values())
+    print(f"{model}: estimate {2 * meta.kept_per_sample / saved:.2f} of what backward keeps")
+    assert 0.5 * saved <= 2 * meta.kept_per_sample <= saved
