@@ -27,10 +27,9 @@ def run_stamp(fmt: str) -> str:
     return (datetime.fromisoformat(shared) if shared else datetime.now()).strftime(fmt)
 
 
-def threads_per_job() -> int | None:
-    """torch threads for one job of a joblib launcher (`hydra/launcher=parallel`): the cores
-    shared out among the jobs it runs side by side, so 4 jobs on 16 cores take 4 threads each
-    instead of 16 each; None (torch's default: every core) for any other launcher."""
+def _joblib_jobs() -> int | None:
+    """How many jobs the joblib launcher (`hydra/launcher=parallel`) running this one runs side by
+    side on this machine, at most one per core; None under any other launcher or in a single run."""
     from hydra.core.hydra_config import HydraConfig
 
     if not HydraConfig.initialized():
@@ -41,7 +40,20 @@ def threads_per_job() -> int | None:
     cores = os.cpu_count() or 1
     n_jobs = int(launcher.get("n_jobs") or 1)
     side_by_side = cores + 1 + n_jobs if n_jobs < 0 else n_jobs  # joblib's -1 = every core, -2 = all but one
-    return max(1, cores // min(max(side_by_side, 1), cores))
+    return min(max(side_by_side, 1), cores)
+
+
+def jobs_side_by_side() -> int:
+    """Jobs of this --multirun sharing the machine's cores and memory with this one, itself included."""
+    return _joblib_jobs() or 1
+
+
+def threads_per_job() -> int | None:
+    """torch threads for one job of a joblib launcher: the cores shared out among the jobs it runs
+    side by side, so 4 jobs on 16 cores take 4 threads each instead of 16 each; None (torch's
+    default: every core) for any other launcher."""
+    jobs = _joblib_jobs()
+    return None if jobs is None else max(1, (os.cpu_count() or 1) // jobs)
 
 
 def register_resolvers() -> None:

@@ -13,6 +13,7 @@ from pathlib import Path
 from hydra.utils import get_object
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
+from cellmap_train.config import jobs_side_by_side
 from cellmap_train.data.dataset import ArrayInfo
 from cellmap_train.engine.checkpoint import epoch_files
 from cellmap_train.errors import ConfigError
@@ -192,18 +193,22 @@ def meta_forward(cfg: DictConfig) -> MetaRun | None:
 
 def check_memory(cfg: DictConfig, meta: MetaRun | None, available: int | None) -> None:
     """On the CPU, a training step needs at least the layers' outputs of a whole batch (measured:
-    STEP_OVERHEAD times that, weights and gradients included); more than the memory available to the process
-    would end in the kernel's OOM killer, which says nothing: say it here. (A GPU raises its own
-    out-of-memory error at the first step, which the engine reports in one line.)"""
+    STEP_OVERHEAD times that, weights and gradients included), for each torchrun rank and each
+    parallel sweep job on the machine; more than the memory available to the process would end in
+    the kernel's OOM killer, which says nothing: say it here. (A GPU raises its own out-of-memory
+    error at the first step, which the engine reports in one line.)"""
     from cellmap_train.engine.settings import pick_device
 
     if meta is None or available is None or pick_device(cfg.get("device")).type != "cpu":
         return
     ranks = int(os.environ.get("LOCAL_WORLD_SIZE", 1))  # torchrun: every rank on this machine needs as much
-    need = meta.kept_per_sample * int(cfg.batch_size) * ranks
+    jobs = jobs_side_by_side()  # and so does every job a parallel sweep runs beside this one
+    need = meta.kept_per_sample * int(cfg.batch_size) * ranks * jobs
+    sharing = " x ".join(f"{count} {name}" for count, name in ((ranks, "ranks"), (jobs, "parallel jobs")) if count > 1)
     what = (f"input_array_info.shape={list(cfg.input_array_info.shape)} with batch_size={cfg.batch_size}"
-            f"{f' on {ranks} ranks' if ranks > 1 else ''} needs")
+            f"{f' on {sharing}' if sharing else ''} needs")
     fix = "lower batch_size or the shape (trainer.gradient_accumulation_steps=N trains on N batches per step)"
+    fix += ", or run fewer jobs at once (hydra.launcher.n_jobs)" if jobs > 1 else ""
     if need > available:
         raise ConfigError(f"{what} at least {_gib(need)} of memory for model={cfg.model_name}'s activations in a "
                           f"training step, more than the {_gib(available)} available: {fix}")

@@ -119,3 +119,14 @@ def test_the_estimate_is_at_most_what_backward_keeps(compose_cfg, model):
     saved = sum(storages.values())
     print(f"{model}: estimate {2 * meta.kept_per_sample / saved:.2f} of what backward keeps")
     assert 0.5 * saved <= 2 * meta.kept_per_sample <= saved
+
+
+def test_every_job_of_a_parallel_sweep_counts(compose_cfg, monkeypatch):
+    monkeypatch.setattr("os.cpu_count", lambda: 8)
+    cfg = compose_cfg("experiment=demo", "device=cpu", "batch_size=4", "hydra/launcher=parallel", "hydra.launcher.n_jobs=3")
+    meta = meta_forward(cfg)
+    need = meta.kept_per_sample * 4
+    with pytest.raises(ConfigError, match=r"with batch_size=4 on 3 parallel jobs needs at least .* run fewer jobs at "
+                                          r"once \(hydra.launcher.n_jobs\)"):
+        check_memory(cfg, meta, need * 2)
+    check_memory(cfg, meta, need * 3 * 3)
