@@ -9,6 +9,9 @@ import signal
 import threading
 
 SIGNALS = (signal.SIGTERM, signal.SIGINT)
+# what a second signal does in a process started with it ignored (submitit's controller starts its
+# job so, `sweep_stop.keep_submitit_controllers_out_of_ctrl_c`): stop at once, as anywhere else
+_DEFAULTS = {signal.SIGINT: signal.default_int_handler, signal.SIGTERM: signal.SIG_DFL}
 
 
 class StopRequest:
@@ -30,7 +33,11 @@ class StopRequest:
     def _record(self, signum, frame) -> None:
         self.signal_name = signal.Signals(signum).name
         for sig, handler in self._previous.items():  # the next signal acts as it did before
-            signal.signal(sig, handler)
+            signal.signal(sig, _DEFAULTS[sig] if handler == signal.SIG_IGN else handler)
+        self.on_first_signal()
+
+    def on_first_signal(self) -> None:
+        """Called in the signal handler, once."""
 
     @property
     def requested(self) -> bool:

@@ -20,7 +20,8 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 from cellmap_train.files import atomic_write
-from cellmap_train.sweep_stop import STOP_FILE, StopSweepOnSignal, jobs_run_in_other_processes_here
+from cellmap_train.sweep_stop import (STOP_FILE, StopSweepOnSignal, jobs_run_in_other_processes_here,
+                                     keep_submitit_controllers_out_of_ctrl_c)
 
 if TYPE_CHECKING:  # pandas is imported only when a sweep summary is made: every run's start-up is spared it
     import pandas as pd
@@ -111,6 +112,7 @@ class SweepSummary(Callback):
             (sweep_dir / STOP_FILE).unlink(missing_ok=True)  # continuing a stopped sweep runs what is left
         if jobs_run_in_other_processes_here(launcher):
             self.on_signal = StopSweepOnSignal(sweep_dir).__enter__()  # left in on_multirun_end
+            keep_submitit_controllers_out_of_ctrl_c(launcher)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         if self.on_signal is not None:

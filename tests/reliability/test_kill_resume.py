@@ -153,6 +153,30 @@ def test_ctrl_c_stops_a_parallel_sweep_its_running_jobs_checkpoint_and_the_queue
     assert "no new job starts" in out and "Traceback" not in err
 
 
+def test_ctrl_c_in_a_submitit_local_sweep_lets_the_jobs_checkpoint(spawn, tmp_path):
+    """submitit runs each job under a controller process that, on a terminal's Ctrl-C, used to die
+    of KeyboardInterrupt and SIGKILL its job a second later: no checkpoint, the launcher failing on
+    the missing result, no summary. The jobs here pause 4 s in a step, longer than that second."""
+    import pandas as pd
+
+    proc = spawn("hydra.mode=MULTIRUN", "hydra/launcher=submitit_local", "seed=1,2", "epochs=2",
+                 "hydra.sweep.dir=sweep", env={ENV: "step@2:4"}, new_session=True)
+    logs = tmp_path / "sweep" / ".submitit"
+    deadline = time.monotonic() + 120
+    while sum(MARKER in log.read_text() for log in logs.rglob("*_log.err")) < 2:  # both jobs in their second step
+        assert time.monotonic() < deadline and proc.poll() is None, "the jobs never reached their second step"
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGINT)  # launcher, controllers and jobs, as a terminal does
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 1, err[-3000:]
+    table = pd.read_csv(tmp_path / "sweep" / "summary.csv").set_index("job").sort_index()
+    assert table.status.tolist() == ["interrupted", "interrupted"], table.error.tolist()
+    for job in (0, 1):
+        assert table.error[job].startswith("stopped by SIGINT at epoch 1, step 2: checkpoint")
+        assert read_checkpoint(tmp_path / "sweep" / str(job) / "checkpoints" / "2d_unet_1.pth")["step"] == 2
+    assert "no new job starts" in out and "Traceback" not in err
+
+
 def test_sigterm_to_the_launching_process_alone_stops_the_parallel_jobs_at_their_next_step(spawn, tmp_path):
     """`kill <pid>` of the sweep (not its process group): the workers never get the signal, they
     see the sweep marked stopped and checkpoint the step they are in."""
