@@ -27,22 +27,26 @@ def _meminfo_available(proc: Path) -> int | None:
 
 
 def _cgroup_room(proc: Path, root: Path) -> int | None:
+    """The least room under the memory limits of this process's cgroup and of every cgroup above
+    it (a Slurm job's limit sits on the job's cgroup, not on the task's one the process is in)."""
+    rooms = []
     for line in _read(proc / "self" / "cgroup").splitlines():
         _, controllers, path = line.split(":", 2)
         if controllers == "":  # v2: one hierarchy
-            folder = root / path.lstrip("/")
-            limit, used, stat = folder / "memory.max", folder / "memory.current", folder / "memory.stat"
-            cache_key = "file"
+            mount, files = root, ("memory.max", "memory.current", "memory.stat", "file")
         elif "memory" in controllers.split(","):  # v1: the memory controller's own hierarchy
-            folder = root / "memory" / path.lstrip("/")
-            limit, used, stat = folder / "memory.limit_in_bytes", folder / "memory.usage_in_bytes", folder / "memory.stat"
-            cache_key = "total_cache"
+            mount, files = root / "memory", ("memory.limit_in_bytes", "memory.usage_in_bytes", "memory.stat", "total_cache")
         else:
             continue
-        room = _room(_read(limit).strip(), _read(used).strip(), _stat(stat, cache_key))
-        if room is not None:
-            return room
-    return None
+        folder = mount / path.strip("/")
+        for level in [folder, *folder.parents]:
+            limit, used, stat, cache_key = files
+            room = _room(_read(level / limit).strip(), _read(level / used).strip(), _stat(level / stat, cache_key))
+            if room is not None:
+                rooms.append(room)
+            if level == mount:
+                break
+    return min(rooms) if rooms else None
 
 
 def _room(limit: str, used: str, cache: int) -> int | None:

@@ -130,3 +130,13 @@ def test_every_job_of_a_parallel_sweep_counts(compose_cfg, monkeypatch):
                                           r"once \(hydra.launcher.n_jobs\)"):
         check_memory(cfg, meta, need * 2)
     check_memory(cfg, meta, need * 3 * 3)
+
+
+def test_a_limit_on_a_cgroup_above_the_process_counts(tmp_path):
+    # Slurm (cgroup v2) puts the job's --mem on the job's cgroup; the process sits in a task's cgroup below it
+    proc, cgroup = fake_linux(tmp_path, "0::/system.slice/slurmstepd.scope/job_9/step_0/user/task_0", 64 * 2**20, {
+        "system.slice/slurmstepd.scope/job_9/memory.max": f"{8 * GIB}\n",
+        "system.slice/slurmstepd.scope/job_9/memory.current": f"{GIB}\n",
+        "system.slice/slurmstepd.scope/job_9/step_0/user/task_0/memory.max": "max\n",
+        "system.slice/slurmstepd.scope/job_9/step_0/user/task_0/memory.current": f"{GIB // 2}\n"})
+    assert available_bytes(proc, cgroup) == 7 * GIB
