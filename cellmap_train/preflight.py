@@ -204,6 +204,8 @@ def check_memory(cfg: DictConfig, meta: MetaRun | None, available: int | None) -
     ranks = int(os.environ.get("LOCAL_WORLD_SIZE", 1))  # torchrun: every rank on this machine needs as much
     jobs = jobs_side_by_side()  # and so does every job a parallel sweep runs beside this one
     need = meta.kept_per_sample * int(cfg.batch_size) * ranks * jobs
+    if OmegaConf.select(cfg, "trainer.amp"):  # bf16/fp16 autocast: layer outputs of 2 bytes, not the meta run's 4
+        need //= 2
     sharing = " x ".join(f"{count} {name}" for count, name in ((ranks, "ranks"), (jobs, "parallel jobs")) if count > 1)
     what = (f"input_array_info.shape={list(cfg.input_array_info.shape)} with batch_size={cfg.batch_size}"
             f"{f' on {sharing}' if sharing else ''} needs")

@@ -140,3 +140,11 @@ def test_a_limit_on_a_cgroup_above_the_process_counts(tmp_path):
         "system.slice/slurmstepd.scope/job_9/step_0/user/task_0/memory.max": "max\n",
         "system.slice/slurmstepd.scope/job_9/step_0/user/task_0/memory.current": f"{GIB // 2}\n"})
     assert available_bytes(proc, cgroup) == 7 * GIB
+
+
+def test_mixed_precision_halves_the_floor(compose_cfg):
+    cfg = compose_cfg("experiment=demo", "device=cpu", "batch_size=4", "trainer.amp=bf16")
+    meta = meta_forward(cfg)
+    check_memory(cfg, meta, meta.kept_per_sample * 4 * 3 // 4)  # less than fp32 layer outputs, more than bf16's
+    with pytest.raises(ConfigError, match="needs at least"):
+        check_memory(cfg, meta, meta.kept_per_sample * 4 // 2 - 1)
