@@ -159,7 +159,7 @@ def run_job(cfg: DictConfig, hydra_cfg: DictConfig) -> float:
         stopped = isinstance(err, TrainingInterrupted)  # its record keeps the metrics of the epochs it finished
         if writes_files:
             write_result(output_dir, record(err.result if stopped else None, cfg, time.perf_counter() - start,
-                                                      error=message, status="interrupted" if stopped else None))
+                                            error=message, status="interrupted" if stopped else None))
         if multirun:
             stop_sweep_if_signalled(stop, hydra_cfg)
             return math.nan
