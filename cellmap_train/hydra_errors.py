@@ -42,7 +42,7 @@ def condense(err: BaseException) -> str:
     """First line of the error, the option list of a missing config and the OmegaConf cause."""
     lines = [line.strip() for line in str(err).splitlines() if line.strip()]
     head = lines[0] if lines else type(err).__name__
-    removed = _removed_group(head)
+    removed = _removed_group(head) or _group_added_twice(err)
     if removed:
         return removed
     if isinstance(err, OverrideParseException):
@@ -59,12 +59,34 @@ def condense(err: BaseException) -> str:
     return head
 
 
-def _override_at_fault(err: BaseException) -> str | None:
-    """The command-line override Hydra was reading when it raised, if its innermost frame holds one."""
+def _group_added_twice(err: BaseException) -> str | None:
+    """`+scheduler=step` on the command line, where the defaults already choose a scheduler: Hydra
+    answers with the YAML syntax of a defaults list (`override scheduler: step`); say the CLI's."""
+    frame = _innermost_frame(err)
+    key = frame.f_locals.get("key") if frame else None
+    if not str(err).startswith("Multiple values for") or not isinstance(key, str):
+        return None
+    added = next((arg for arg in sys.argv[1:] if arg.startswith(f"+{key}=")), None)
+    if added is None:
+        return None
+    default = frame.f_locals.get("default")
+    chosen = {frame.f_locals.get("prev"), default.get_name() if hasattr(default, "get_name") else None}
+    others = sorted(str(name) for name in chosen - {added.split("=", 1)[1], None})
+    already = f" ({others[0]})" if others else ""
+    return f"{added}: {key} already has an option{already}: set it with {added[1:]}, without the +"
+
+
+def _innermost_frame(err: BaseException):
     tb = err.__traceback__
     while tb is not None and tb.tb_next is not None:
         tb = tb.tb_next
-    line = getattr(tb.tb_frame.f_locals.get("override"), "input_line", None) if tb is not None else None
+    return tb.tb_frame if tb is not None else None
+
+
+def _override_at_fault(err: BaseException) -> str | None:
+    """The command-line override Hydra was reading when it raised, if its innermost frame holds one."""
+    frame = _innermost_frame(err)
+    line = getattr(frame.f_locals.get("override"), "input_line", None) if frame else None
     return line if isinstance(line, str) and line not in str(err) else None
 
 

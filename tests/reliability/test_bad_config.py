@@ -70,6 +70,9 @@ CASES = {
     # the kernel would kill it minutes later without a word (a lower bound of the need: 520 GiB and more)
     "sample_too_large_for_memory": (["input_array_info.shape=[1,4000,4000]", "batch_size=64", "device=cpu"],
                                     "input_array_info.shape=[1, 4000, 4000] with batch_size=64 needs at least"),
+    # Hydra's own answer is the YAML syntax of a defaults list ('override scheduler: step')
+    "group_added_with_plus": (["+model=3d_unet"], "+model=3d_unet: model already has an option (2d_unet): set it "
+                                                  "with model=3d_unet, without the +"),
     "scheduler_null": (["scheduler=null"], "scheduler=null: Config group override must be a string or a list"),
     "model_removed": (["~model"], "model: removed from the config, but every run needs one: choose one with model=<name> ("),
 }
