@@ -39,12 +39,13 @@ def _removed_group(head: str) -> str | None:
 
 
 def condense(err: BaseException) -> str:
-    """First line of the error, the option list of a missing config and the OmegaConf cause."""
+    """First line of the error, the option list of a missing config and the OmegaConf cause; a
+    group removed (`~model`) or added with + (`+model=3d_unet`) in words of the command line."""
     lines = [line.strip() for line in str(err).splitlines() if line.strip()]
     head = lines[0] if lines else type(err).__name__
-    removed = _removed_group(head) or _group_added_twice(err)
-    if removed:
-        return removed
+    in_cli_words = _removed_group(head) or _group_added_twice(err)
+    if in_cli_words:
+        return in_cli_words
     if isinstance(err, OverrideParseException):
         head = f"{err.override}: {head}"
     elif _override_at_fault(err):  # e.g. `scheduler=null`: Hydra's message does not say which override
