@@ -10,6 +10,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
+from cellmap_train.cores import usable_cores
 from cellmap_train.errors import ConfigError
 
 CONFIG_NAME = "config"
@@ -37,7 +38,7 @@ def _joblib_jobs() -> int | None:
     launcher = HydraConfig.get().launcher
     if "joblib" not in str(launcher.get("_target_", "")).lower():
         return None
-    cores = os.cpu_count() or 1
+    cores = usable_cores()
     n_jobs = int(launcher.get("n_jobs") or 1)
     side_by_side = cores + 1 + n_jobs if n_jobs < 0 else n_jobs  # joblib's -1 = every core, -2 = all but one
     return min(max(side_by_side, 1), cores)
@@ -53,7 +54,7 @@ def threads_per_job() -> int | None:
     side by side, so 4 jobs on 16 cores take 4 threads each instead of 16 each; None (torch's
     default: every core) for any other launcher."""
     jobs = _joblib_jobs()
-    return None if jobs is None else max(1, (os.cpu_count() or 1) // jobs)
+    return None if jobs is None else max(1, usable_cores() // jobs)
 
 
 def register_resolvers() -> None:

@@ -7,6 +7,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from cellmap_train import cgroup
+from cellmap_train.cgroup import read
+
 _NO_LIMIT = 2**60  # cgroup v1 writes "no limit" as a number near 2**63
 
 
@@ -20,32 +23,23 @@ def available_bytes(proc: Path | str = "/proc", cgroup_root: Path | str = "/sys/
 
 
 def _meminfo_available(proc: Path) -> int | None:
-    for line in _read(proc / "meminfo").splitlines():
+    for line in read(proc / "meminfo").splitlines():
         if line.startswith("MemAvailable:"):
             return int(line.split()[1]) * 1024  # kB
     return None
 
 
 def _cgroup_room(proc: Path, root: Path) -> int | None:
-    """The least room under the memory limits of this process's cgroup and of every cgroup above
-    it (a Slurm job's limit sits on the job's cgroup, not on the task's one the process is in)."""
+    """The least room under the memory limits of this process's cgroup and of every cgroup above it."""
     rooms = []
-    for line in _read(proc / "self" / "cgroup").splitlines():
-        _, controllers, path = line.split(":", 2)
-        if controllers == "":  # v2: one hierarchy
-            mount, files = root, ("memory.max", "memory.current", "memory.stat", "file")
-        elif "memory" in controllers.split(","):  # v1: the memory controller's own hierarchy
-            mount, files = root / "memory", ("memory.limit_in_bytes", "memory.usage_in_bytes", "memory.stat", "total_cache")
+    for is_v2, level in cgroup.levels("memory", proc, root):
+        if is_v2:
+            limit, used, stat, cache_key = "memory.max", "memory.current", "memory.stat", "file"
         else:
-            continue
-        folder = mount / path.strip("/")
-        for level in [folder, *folder.parents]:
-            limit, used, stat, cache_key = files
-            room = _room(_read(level / limit).strip(), _read(level / used).strip(), _stat(level / stat, cache_key))
-            if room is not None:
-                rooms.append(room)
-            if level == mount:
-                break
+            limit, used, stat, cache_key = "memory.limit_in_bytes", "memory.usage_in_bytes", "memory.stat", "total_cache"
+        room = _room(read(level / limit).strip(), read(level / used).strip(), _stat(level / stat, cache_key))
+        if room is not None:
+            rooms.append(room)
     return min(rooms) if rooms else None
 
 
@@ -56,15 +50,8 @@ def _room(limit: str, used: str, cache: int) -> int | None:
 
 
 def _stat(path: Path, key: str) -> int:
-    for line in _read(path).splitlines():
+    for line in read(path).splitlines():
         name, _, value = line.partition(" ")
         if name == key and value.strip().isdigit():
             return int(value)
     return 0
-
-
-def _read(path: Path) -> str:
-    try:
-        return path.read_text()
-    except OSError:
-        return ""

@@ -1,13 +1,16 @@
 """Memory: the room a process has (machine and cgroup limits, read from files laid out as Linux
 lays them out) and the preflight check that turns a sample shape or batch too large for it into
-one line before any data, instead of the kernel's silent OOM kill."""
+one line before any data, instead of the kernel's silent OOM kill. Also the CPU cores a process
+may use, read from the same cgroup files, which parallel sweep jobs share out as torch threads."""
 
 from __future__ import annotations
 
 import logging
+import os
 
 import pytest
 
+from cellmap_train.cores import usable_cores
 from cellmap_train.errors import ConfigError
 from cellmap_train.memory import available_bytes
 from cellmap_train.preflight import check_memory, meta_forward
@@ -122,7 +125,7 @@ def test_the_estimate_is_at_most_what_backward_keeps(compose_cfg, model):
 
 
 def test_every_job_of_a_parallel_sweep_counts(compose_cfg, monkeypatch):
-    monkeypatch.setattr("os.cpu_count", lambda: 8)
+    monkeypatch.setattr("cellmap_train.config.usable_cores", lambda: 8)
     cfg = compose_cfg("experiment=demo", "device=cpu", "batch_size=4", "hydra/launcher=parallel", "hydra.launcher.n_jobs=3")
     meta = meta_forward(cfg)
     need = meta.kept_per_sample * 4
@@ -140,6 +143,36 @@ def test_a_limit_on_a_cgroup_above_the_process_counts(tmp_path):
         "system.slice/slurmstepd.scope/job_9/step_0/user/task_0/memory.max": "max\n",
         "system.slice/slurmstepd.scope/job_9/step_0/user/task_0/memory.current": f"{GIB // 2}\n"})
     assert available_bytes(proc, cgroup) == 7 * GIB
+
+
+def test_cores_are_the_affinity_without_a_cpu_quota(tmp_path):
+    proc, cgroup = fake_linux(tmp_path, "0::/user.slice", 2**20, {"user.slice/cpu.max": "max 100000\n"})
+    assert usable_cores(proc, cgroup) == len(os.sched_getaffinity(0))
+
+
+def test_a_cpu_quota_above_the_process_caps_the_cores(tmp_path, monkeypatch):
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: set(range(64)))  # a 64-core node
+    # cgroup v2: a Slurm job with 8 CPUs' worth of quota on the job's cgroup, none on the task's
+    proc, cgroup = fake_linux(tmp_path / "v2", "0::/slurm/job_3/task_0", 2**20, {
+        "slurm/job_3/cpu.max": "800000 100000\n", "slurm/job_3/task_0/cpu.max": "max 100000\n"})
+    assert usable_cores(proc, cgroup) == 8
+    # cgroup v1 (docker --cpus=2.5): whole cores only; -1 is no quota
+    lines = "4:memory:/docker/abc\n3:cpu,cpuacct:/docker/abc"
+    proc, cgroup = fake_linux(tmp_path / "v1", lines, 2**20, {
+        "cpu,cpuacct/docker/abc/cpu.cfs_quota_us": "250000\n", "cpu,cpuacct/docker/abc/cpu.cfs_period_us": "100000\n",
+        "cpu,cpuacct/docker/cpu.cfs_quota_us": "-1\n", "cpu,cpuacct/docker/cpu.cfs_period_us": "100000\n"})
+    assert usable_cores(proc, cgroup) == 2
+    proc, cgroup = fake_linux(tmp_path / "tiny", "0::/", 2**20, {"cpu.max": "50000 100000\n"})  # half a core
+    assert usable_cores(proc, cgroup) == 1
+
+
+def test_parallel_jobs_share_the_cores_the_affinity_allows(compose_cfg, monkeypatch):
+    from cellmap_train.config import threads_per_job
+
+    monkeypatch.setattr("os.cpu_count", lambda: 64)
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: set(range(8)))  # taskset / a Slurm task's binding
+    compose_cfg("experiment=demo", "hydra/launcher=parallel", "hydra.launcher.n_jobs=4")
+    assert threads_per_job() == 2
 
 
 def test_mixed_precision_halves_the_floor(compose_cfg):

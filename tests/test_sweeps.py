@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-import os
 
 import pandas as pd
 import pytest
+
+from cellmap_train.cores import usable_cores
 
 FAST = ["experiment=demo", "trainer=smoke", "model.base_features=4", "model.depth=2", "batch_size=2",
         "data.dataloader_kwargs.num_workers=0"]
@@ -52,7 +53,7 @@ def test_joblib_launcher_runs_jobs_in_parallel_processes(run_cli, tmp_path):
     run_cli("-m", "hydra/launcher=parallel", *with_workers, "seed=1,2", "hydra.sweep.dir=sweep", check=True)
     table = summary(tmp_path)
     assert (table.status == "ok").all() and len(table) == 2
-    cores = os.cpu_count()
+    cores = usable_cores()
     assert saved_trainer_config(table.checkpoint[0])["num_threads"] == max(1, cores // min(2, cores))  # 2 jobs share the cores
 
 
