@@ -13,6 +13,14 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 
 
+def pytest_configure(config):
+    """Each xdist test process, and every run it starts, gets its share of the cores as torch
+    threads. Left at torch's default (every core) the test processes' runs oversubscribe the cores,
+    and OpenMP threads spinning for each other made two demo runs side by side 3.6x slower."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, len(os.sched_getaffinity(0)) // workers)))
+
+
 def pytest_collection_modifyitems(items):
     """Modules with a test marked `longest` go first: pytest-xdist hands out whole modules in the
     order their first test is collected, and the README demo run (a minute alone, three beside
@@ -76,6 +84,7 @@ def compose_cfg(tmp_path):
 
 # ---- S3: a real moto server on 127.0.0.1 (no mocks of s3fs or zarr)
 S3_TEST_CREDENTIALS = {"key": "testing", "secret": "testing"}
+MOTO_LOG = "moto_server.log"  # one request per line, as the server logs it
 
 
 @pytest.fixture(scope="session")
@@ -88,7 +97,7 @@ def s3_endpoint(tmp_path_factory):
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    log = open(tmp_path_factory.mktemp("moto") / "server.log", "w")
+    log = open(tmp_path_factory.getbasetemp() / MOTO_LOG, "w")
     server = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)], stdout=log, stderr=log)
     url = f"http://127.0.0.1:{port}"
     for _ in range(200):
@@ -118,3 +127,27 @@ def s3_demo_bucket(s3_endpoint, demo_root) -> str:
         if path.is_file():
             fs.put_file(str(path), f"cellmap-demo/{path.relative_to(demo_root).as_posix()}")
     return "s3://cellmap-demo"
+
+
+@pytest.fixture
+def s3_requests(s3_endpoint, tmp_path_factory):
+    """`requests()`: ("GET", "/bucket/key") of each request the moto server answered since the
+    last call (the first call: since this test began)."""
+    import re
+    import time
+
+    log = tmp_path_factory.getbasetemp() / MOTO_LOG
+    seen = [len(log.read_text().splitlines())]
+
+    def requests() -> list[tuple[str, str]]:
+        lines = log.read_text().splitlines()
+        for _ in range(20):  # the server logs a request after answering it: wait until the log is still
+            time.sleep(0.1)
+            if len(latest := log.read_text().splitlines()) == len(lines):
+                break
+            lines = latest
+        new, seen[0] = lines[seen[0]:], len(lines)
+        plain = (re.sub(r"\x1b\[[0-9;]*m", "", line) for line in new)  # 4xx answers are logged in colour
+        return [match.groups() for line in plain if (match := re.search(r'"([A-Z]+) (\S+) HTTP/', line))]
+
+    return requests
