@@ -36,13 +36,19 @@ def url_filesystem(url: str, storage_options: dict | None = None, asynchronous: 
 
 
 def open_group(path: str, storage_options: dict | None = None) -> zarr.Group:
-    """Open a zarr group read-only; `storage_options` go to fsspec for URLs (e.g. anon=True)."""
+    """Open a zarr group read-only; `storage_options` go to fsspec for URLs (e.g. anon=True).
+    CellMap groups are zarr v2 without consolidated metadata: asked for as such, opening one is
+    two requests (.zgroup, .zattrs) instead of eight (zarr probes zarr.json and .zmetadata
+    first); a v3 group is then found by zarr's own probing."""
     store: Any = str(path)
     try:
         if _is_url(path) and storage_options:
             fs, fs_path = url_filesystem(str(path), storage_options, asynchronous=True)
             store = zarr.storage.FsspecStore(fs, path=fs_path, read_only=True)
-        return zarr.open_group(store, mode="r")
+        try:
+            return zarr.open_group(store, mode="r", zarr_format=2, use_consolidated=False)
+        except FileNotFoundError:  # no .zgroup (GroupNotFoundError): let zarr look for any format
+            return zarr.open_group(store, mode="r")
     except PermissionError as err:
         raise DataError(f"{path}: access denied ({err})") from err
     except (FileNotFoundError, KeyError) as err:  # zarr's GroupNotFoundError is a FileNotFoundError

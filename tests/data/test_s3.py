@@ -31,3 +31,22 @@ def test_demo_experiment_trains_from_s3(run_cli, s3_endpoint, s3_demo_bucket, tm
     assert "Validation Dice" in proc.stdout
     rows = (tmp_path / "run" / "datasplit.csv").read_text().splitlines()
     assert rows and all(row.startswith('"train","s3://cellmap-demo/') or row.startswith('"validate","s3://cellmap-demo/') for row in rows)
+
+
+def test_a_level_opens_in_five_requests_and_a_chunk_is_one_get(compose_cfg, s3_endpoint, s3_demo_bucket, s3_requests):
+    """With the shipped storage options: no HEAD before each GET (s3fs asks a file's size first when
+    max_concurrency > 1) and no probing for zarr v3 or consolidated metadata. Every request is
+    one round trip, hundreds of them before a run's first step: on a real bucket they are its
+    start-up time."""
+    from omegaconf import OmegaConf
+
+    options = OmegaConf.to_container(compose_cfg("data=cellmap_s3").data.storage_options, resolve=True)
+    options["client_kwargs"] = {"endpoint_url": s3_endpoint}
+    crop = f"{s3_demo_bucket}/jrc_demo-1/jrc_demo-1.zarr/recon-1/labels/groundtruth/crop1/nuc"
+    s3_requests()
+    level = open_level(crop, [8, 8, 8], options)  # s0: its array carries the annotation attributes
+    opened = s3_requests()
+    assert [method for method, _ in opened] == ["GET"] * len(opened) and len(opened) == 5, opened
+    labels = level.read_labels(level.world_bounds()[0], (8, 8, 8))  # the crop's first corner: one chunk
+    assert not np.isnan(labels).all()
+    assert [(method, key.rsplit("/", 1)[-1]) for method, key in s3_requests()] == [("GET", "0.0.0")]
