@@ -22,12 +22,17 @@ def pytest_configure(config):
 
 
 def pytest_collection_modifyitems(items):
-    """Modules with a test marked `longest` go first: pytest-xdist hands out whole modules in the
-    order their first test is collected, and the README demo run (a minute alone, three beside
-    other tests) must not end the suite alone. Whole modules move, in their own order, so that
-    their module fixtures are still made once when the suite runs in one process (`-n0`)."""
-    first = {item.nodeid.split("::")[0] for item in items if item.get_closest_marker("longest")}
-    items.sort(key=lambda item: item.nodeid.split("::")[0] not in first)
+    """Longest modules first, so that none of them ends the suite alone: modules with a test marked
+    `longest` (the README demo run: a minute alone, three beside other tests), then those with a
+    `slow` test, then the rest. pytest-xdist hands out whole modules in this order (with
+    --no-loadscope-reorder; by default it would hand out the modules with most tests first, and
+    the demo's module, with three, came last). Whole modules move, in their own order, so their
+    module fixtures are still made once when the suite runs in one process (`-n0`)."""
+    def rank(marker: str) -> set[str]:
+        return {item.nodeid.split("::")[0] for item in items if item.get_closest_marker(marker)}
+
+    longest, slow = rank("longest"), rank("slow")
+    items.sort(key=lambda item: (item.nodeid.split("::")[0] not in longest, item.nodeid.split("::")[0] not in slow))
 
 
 @pytest.fixture(scope="session")

@@ -15,6 +15,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.slow
 def test_engine_benchmark_runs_with_amp(demo_cache, tmp_path):
     env = {**os.environ, "CELLMAP_TRAIN_DEMO_DIR": str(demo_cache)}
     proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "engine.py"), "--steps", "2", "--warmup", "1",
@@ -36,6 +37,7 @@ def test_layout_benchmark_runs(tmp_path):
     assert all(row[-1].endswith("x") and float(row[-1][:-1]) > 0 for row in rows)
 
 
+@pytest.mark.slow
 def test_sweep_benchmark_runs(demo_cache, tmp_path):
     env = {**os.environ, "CELLMAP_TRAIN_DEMO_DIR": str(demo_cache)}
     # one pair of 2-job sweeps (each pair of 4-job sweeps, or --repeats 2, adds most of a minute)
