@@ -1,7 +1,8 @@
 """The benchmark scripts stay runnable (they are not timed here: their figures live in
 benchmarks/RESULTS.md): a tiny engine benchmark with AMP, as a GPU session would run it; the
 layout benchmark on two models; the sweep benchmark with one pair of 2-job sweeps of one-step jobs; the rotation and
-label-transport benchmarks on small crops."""
+label-transport benchmarks on small crops. benchmarks/s3.py is left out: it takes a minute and more
+(its own S3 server, the demo uploaded, two runs); tests/data/test_s3.py checks the requests it counts."""
 
 from __future__ import annotations
 
@@ -74,3 +75,4 @@ def test_label_transport_benchmark_runs(tmp_path):
     assert sizes[-1] == "4.00x"  # float32 against uint8, measured on the batches the workers sent
     speed = next(line for line in proc.stdout.splitlines() if line.startswith("batches/s")).split()
     assert float(speed[-1].rstrip("x")) > 0
+
