@@ -17,8 +17,11 @@ def pytest_configure(config):
     """Each xdist test process, and every run it starts, gets its share of the cores as torch
     threads. Left at torch's default (every core) the test processes' runs oversubscribe the cores,
     and OpenMP threads spinning for each other made two demo runs side by side 3.6x slower."""
-    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
-    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, len(os.sched_getaffinity(0)) // workers)))
+    from cellmap_train.cores import usable_cores
+
+    if "PYTEST_XDIST_WORKER" in os.environ:  # not in xdist's controller: its workers would inherit its value
+        workers = int(os.environ["PYTEST_XDIST_WORKER_COUNT"])
+        os.environ.setdefault("OMP_NUM_THREADS", str(max(1, usable_cores() // workers)))
 
 
 def pytest_collection_modifyitems(items):
