@@ -17,9 +17,9 @@ def pytest_configure(config):
     """Each xdist test process, and every run it starts, gets its share of the cores as torch
     threads. Left at torch's default (every core) the test processes' runs oversubscribe the cores,
     and OpenMP threads spinning for each other made two demo runs side by side 3.6x slower."""
-    from cellmap_train.cores import usable_cores
-
     if "PYTEST_XDIST_WORKER" in os.environ:  # not in xdist's controller: its workers would inherit its value
+        from cellmap_train.cores import usable_cores
+
         workers = int(os.environ["PYTEST_XDIST_WORKER_COUNT"])
         os.environ.setdefault("OMP_NUM_THREADS", str(max(1, usable_cores() // workers)))
 
@@ -31,11 +31,11 @@ def pytest_collection_modifyitems(items):
     --no-loadscope-reorder; by default it would hand out the modules with most tests first, and
     the demo's module, with three, came last). Whole modules move, in their own order, so their
     module fixtures are still made once when the suite runs in one process (`-n0`)."""
-    def rank(marker: str) -> set[str]:
-        return {item.nodeid.split("::")[0] for item in items if item.get_closest_marker(marker)}
+    def module(item) -> str:
+        return item.nodeid.split("::")[0]
 
-    longest, slow = rank("longest"), rank("slow")
-    items.sort(key=lambda item: (item.nodeid.split("::")[0] not in longest, item.nodeid.split("::")[0] not in slow))
+    longest, slow = ({module(item) for item in items if item.get_closest_marker(m)} for m in ("longest", "slow"))
+    items.sort(key=lambda item: (module(item) not in longest, module(item) not in slow))
 
 
 @pytest.fixture(scope="session")
