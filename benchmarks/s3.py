@@ -17,53 +17,15 @@ from __future__ import annotations
 import argparse
 import collections
 import os
-import re
-import socket
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
+from cellmap_train.data.local_s3 import demo_bucket, requests_in, settled_lines
+
 VARIANTS = {"shipped (max_concurrency=1)": [], "s3fs default (max_concurrency=10)": ["data.storage_options.max_concurrency=10"]}
-
-
-def start_moto(log: Path) -> tuple[subprocess.Popen, str]:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    server = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-                              stdout=log.open("w"), stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    for _ in range(200):
-        try:
-            urllib.request.urlopen(url, timeout=1)
-            return server, url
-        except OSError:
-            time.sleep(0.1)
-    server.kill()
-    sys.exit(f"moto server did not start on {url}")
-
-
-def upload_demo(url: str, demo_cache: Path) -> None:
-    import s3fs
-
-    from cellmap_train.data.demo import DEMO_VERSION, ensure_demo_data
-
-    ensure_demo_data(demo_cache)
-    root = demo_cache / f"v{DEMO_VERSION}"
-    fs = s3fs.S3FileSystem(key="bench", secret="bench", client_kwargs={"endpoint_url": url},
-                           s3_additional_kwargs={"ACL": "public-read"})  # anonymous readers need public-read
-    fs.mkdir("cellmap-demo", acl="public-read")
-    for path in sorted(root.rglob("*")):
-        if path.is_file():
-            fs.put_file(str(path), f"cellmap-demo/{path.relative_to(root).as_posix()}")
-
-
-def methods(log_lines: list[str]) -> collections.Counter:
-    plain = (re.sub(r"\x1b\[[0-9;]*m", "", line) for line in log_lines)
-    return collections.Counter(m.group(1) for line in plain if (m := re.search(r'"([A-Z]+) \S+ HTTP/', line)))
 
 
 def main() -> None:
@@ -71,35 +33,27 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=2, help="training steps of the run (one epoch)")
     parser.add_argument("--repeats", type=int, default=2, help="alternated rounds of both variants")
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp, demo_bucket(Path(tmp)) as (url, log):
         tmp = Path(tmp)
-        log = tmp / "moto.log"
-        server, url = start_moto(log)
-        try:
-            upload_demo(url, tmp / "demo")
-            env = {**os.environ, "AWS_ENDPOINT_URL": url, "CELLMAP_TRAIN_DEMO_DIR": str(tmp / "demo")}
-            print(f"demo run from S3 (moto on 127.0.0.1): 1 epoch x {args.steps} steps, one validation batch")
-            results = collections.defaultdict(list)
-            for repeat in range(args.repeats):
-                for name, overrides in VARIANTS.items():
-                    before = len(log.read_text().splitlines())
-                    start = time.perf_counter()
-                    proc = subprocess.run([sys.executable, "-m", "cellmap_train", "experiment=demo", "data=cellmap_s3",
-                                           "paths.s3_dir=s3://cellmap-demo", "epochs=1", f"iterations_per_epoch={args.steps}",
-                                           "validation_batch_limit=1", "trainer.progress_bar=false",
-                                           f"hydra.run.dir={tmp / f'run-{repeat}-{len(results[name])}-{name[:7]}'}", *overrides],
-                                          cwd=tmp, env=env, capture_output=True, text=True)
-                    took = time.perf_counter() - start
-                    if proc.returncode != 0:
-                        sys.exit(f"{name}: run failed\n{proc.stderr[-2000:]}")
-                    time.sleep(0.5)  # the server logs a request after answering it
-                    counts = methods(log.read_text().splitlines()[before:])
-                    results[name].append((took, counts))
-                    print(f"  {name:36s} {took:6.1f} s   {sum(counts.values()):5d} requests "
-                          f"({', '.join(f'{m} {n}' for m, n in sorted(counts.items()))})", flush=True)
-        finally:
-            server.terminate()
-            server.wait(timeout=10)
+        env = {**os.environ, "AWS_ENDPOINT_URL": url, "CELLMAP_TRAIN_DEMO_DIR": str(tmp / "demo")}
+        print(f"demo run from S3 (moto on 127.0.0.1): 1 epoch x {args.steps} steps, one validation batch")
+        results = collections.defaultdict(list)
+        for repeat in range(args.repeats):
+            for name, overrides in VARIANTS.items():
+                before = len(log.read_text().splitlines())
+                start = time.perf_counter()
+                proc = subprocess.run([sys.executable, "-m", "cellmap_train", "experiment=demo", "data=cellmap_s3",
+                                       "paths.s3_dir=s3://cellmap-demo", "epochs=1", f"iterations_per_epoch={args.steps}",
+                                       "validation_batch_limit=1", "trainer.progress_bar=false",
+                                       f"hydra.run.dir={tmp / f'run-{repeat}-{len(results[name])}-{name[:7]}'}", *overrides],
+                                      cwd=tmp, env=env, capture_output=True, text=True)
+                took = time.perf_counter() - start
+                if proc.returncode != 0:
+                    sys.exit(f"{name}: run failed\n{proc.stderr[-2000:]}")
+                counts = collections.Counter(method for method, _ in requests_in(settled_lines(log)[before:]))
+                results[name].append((took, counts))
+                print(f"  {name:36s} {took:6.1f} s   {sum(counts.values()):5d} requests "
+                      f"({', '.join(f'{m} {n}' for m, n in sorted(counts.items()))})", flush=True)
     (shipped, default) = (results[name] for name in VARIANTS)
     requests = sum(sum(c.values()) for _, c in shipped) / sum(sum(c.values()) for _, c in default)
     seconds = sum(t for t, _ in shipped) / sum(t for t, _ in default)

@@ -91,71 +91,39 @@ def compose_cfg(tmp_path):
 
 
 # ---- S3: a real moto server on 127.0.0.1 (no mocks of s3fs or zarr)
-S3_TEST_CREDENTIALS = {"key": "testing", "secret": "testing"}
 MOTO_LOG = "moto_server.log"  # one request per line, as the server logs it
 
 
 @pytest.fixture(scope="session")
 def s3_endpoint(tmp_path_factory):
     """`python -m moto.server` on a free local port; yields its URL, stops it afterwards."""
-    import socket
-    import time
-    import urllib.request
+    from cellmap_train.data.local_s3 import start_server, stop_server
 
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    log = open(tmp_path_factory.getbasetemp() / MOTO_LOG, "w")
-    server = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)], stdout=log, stderr=log)
-    url = f"http://127.0.0.1:{port}"
-    for _ in range(200):
-        try:
-            urllib.request.urlopen(url, timeout=1)
-            break
-        except OSError:
-            time.sleep(0.1)
-    else:
-        server.kill()
-        raise RuntimeError(f"moto server did not start on {url}")
+    server, url = start_server(tmp_path_factory.getbasetemp() / MOTO_LOG)
     yield url
-    server.terminate()
-    server.wait(timeout=10)
-    log.close()
+    stop_server(server)
 
 
 @pytest.fixture(scope="session")
 def s3_demo_bucket(s3_endpoint, demo_root) -> str:
     """A public-read copy of the demo datasets in bucket `cellmap-demo`; returns s3://cellmap-demo."""
-    import s3fs
+    from cellmap_train.data.local_s3 import upload_demo
 
-    fs = s3fs.S3FileSystem(**S3_TEST_CREDENTIALS, client_kwargs={"endpoint_url": s3_endpoint},
-                           s3_additional_kwargs={"ACL": "public-read"}, skip_instance_cache=True)
-    fs.mkdir("cellmap-demo", acl="public-read")
-    for path in sorted(demo_root.rglob("*")):  # anonymous readers need every object public-read
-        if path.is_file():
-            fs.put_file(str(path), f"cellmap-demo/{path.relative_to(demo_root).as_posix()}")
-    return "s3://cellmap-demo"
+    return upload_demo(s3_endpoint, demo_root)
 
 
 @pytest.fixture
 def s3_requests(s3_endpoint, tmp_path_factory):
     """`requests()`: ("GET", "/bucket/key") of each request the moto server answered since the
     last call (the first call: since this test began)."""
-    import re
-    import time
+    from cellmap_train.data.local_s3 import requests_in, settled_lines
 
     log = tmp_path_factory.getbasetemp() / MOTO_LOG
     seen = [len(log.read_text().splitlines())]
 
     def requests() -> list[tuple[str, str]]:
-        lines = log.read_text().splitlines()
-        for _ in range(20):  # the server logs a request after answering it: wait until the log is still
-            time.sleep(0.1)
-            if len(latest := log.read_text().splitlines()) == len(lines):
-                break
-            lines = latest
+        lines = settled_lines(log)
         new, seen[0] = lines[seen[0]:], len(lines)
-        plain = (re.sub(r"\x1b\[[0-9;]*m", "", line) for line in new)  # 4xx answers are logged in colour
-        return [match.groups() for line in plain if (match := re.search(r'"([A-Z]+) (\S+) HTTP/', line))]
+        return requests_in(new)
 
     return requests

@@ -130,10 +130,27 @@ class V2ChunkReader:
         self.filters = list(meta.filters or ())
         self.compressor = meta.compressor
         self.encode_key = meta.encode_chunk_key
-        self.fs, self.fs_path = fs, fs_path.rstrip("/")
+        self.fs_path = fs_path.rstrip("/")
+        self._fs, self._pid = fs, os.getpid()
+        self._retries = vars(fs).get("retries")  # s3fs takes it as an attribute (ngff.url_filesystem)
         # fsspec's local cat costs ~0.15 ms per file over a plain read: 2 ms of a 2D sample
         self.local = "file" in (fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,))
         self.cache = cache if cache is not None else ChunkCache(0)  # with 0 MiB: only the scratch buffers
+
+    @property
+    def fs(self):
+        """The filesystem, made anew in each worker process from the same arguments (no
+        request): fsspec's async filesystems (s3fs) cannot be used across a fork. So a worker
+        reads chunks at once instead of reopening every level's metadata first (five requests
+        a level on S3)."""
+        if self._pid != os.getpid():
+            self._fs, self._pid = type(self._fs)(*self._fs.storage_args, **self._fs.storage_options), os.getpid()
+            if self._retries is not None:
+                self._fs.retries = self._retries
+        return self._fs
+
+    def __getstate__(self):  # fsspec pickles a filesystem as its arguments
+        return {**self.__dict__, "_pid": None}
 
     def read(self, src: tuple[slice, ...]) -> np.ndarray:
         """The voxels of box `src` (inside the array). Raises ChunkReadError naming the chunk."""

@@ -70,8 +70,9 @@ def _listed(values):
 
 
 class Crop:
-    """The raw level and per-class label levels of one annotated crop, opened on first use
-    in each process (a forked worker reopens its own stores instead of sharing the parent's)."""
+    """The raw level and per-class label levels of one annotated crop, opened on first use.
+    A worker process reads the levels its parent opened (each chunk reader makes its own
+    filesystem there); levels read through zarr are reopened in each process instead."""
 
     def __init__(self, entry: CropEntry, classes: Sequence[str], input_info: ArrayInfo, target_info: ArrayInfo,
                  storage_options: dict | None, cache: ChunkCache | None = None):
@@ -84,14 +85,20 @@ class Crop:
         self._pid: int | None = None
         self.unavailable: dict[str, str] = {}  # class -> why it has no level at the target's voxel size
 
-    def __getstate__(self):  # spawned workers reopen their own stores
-        return {**self.__dict__, "_raw": None, "_labels": None, "_pid": None}
+    def __getstate__(self):
+        state = {**self.__dict__, "_pid": None}
+        return state if self._portable() else {**state, "_raw": None, "_labels": None}
+
+    def _portable(self) -> bool:
+        """Whether the opened levels can be read as they are in another process."""
+        levels = [self._raw, *(self._labels or {}).values()]
+        return self._raw is not None and all(level.reader is not None for level in levels if level is not None)
 
     def open(self) -> "Crop":
         """Raises MissingScaleError when the raw has no level at the input's voxel size. A class
         without one at the target's counts as unannotated here from then on (`unavailable` says
         why), in this process and in the workers it is copied to."""
-        if self._raw is None or self._pid != os.getpid():
+        if self._raw is None or (self._pid != os.getpid() and not self._portable()):
             raw = open_level(self.entry.raw_url, self.input_info.scale, self.storage_options, self.cache)
             self._labels = {cls: None for cls in self.classes}
             for cls in (c for c in self.classes if c in self.entry.classes):
@@ -102,7 +109,8 @@ class Crop:
                     self.unavailable[cls] = str(err)
             if self.unavailable:
                 self.entry = replace(self.entry, classes=tuple(c for c in self.entry.classes if c not in self.unavailable))
-            self._raw, self._pid = raw, os.getpid()
+            self._raw = raw
+        self._pid = os.getpid()
         return self
 
     @property

@@ -108,6 +108,14 @@ def unreachable_message(err: BaseException) -> str:
             f"data.storage_options.config_kwargs (retries, connect_timeout, read_timeout) and data.storage_options.retries")
 
 
+@dataclass(frozen=True)
+class ArrayGeometry:
+    """What a level with a chunk reader needs of its zarr array in a spawned worker."""
+
+    shape: tuple[int, ...]
+    dtype: np.dtype
+
+
 @dataclass
 class ScaleLevel:
     """One array of a multiscale pyramid with its voxel size and origin in world units (nm)."""
@@ -123,6 +131,13 @@ class ScaleLevel:
         self._scale = np.asarray(self.scale, dtype=float)
         self._translation = np.asarray(self.translation, dtype=float)
         self._shape = np.asarray(self.array.shape, dtype=int)
+
+    def __getstate__(self):
+        """Pickled for a spawned worker: with a chunk reader (which makes its own filesystem
+        there) the array is only its shape and dtype, so the worker reads without reopening it."""
+        if self.reader is None:
+            return self.__dict__
+        return {**self.__dict__, "array": ArrayGeometry(tuple(self.array.shape), np.dtype(self.array.dtype))}
 
     @property
     def shape(self) -> tuple[int, ...]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import torch
 import pytest
 
 from cellmap_train.data.datasplit import label_names_on_disk, make_s3_datasplit_csv
@@ -50,3 +51,28 @@ def test_a_level_opens_in_five_requests_and_a_chunk_is_one_get(compose_cfg, s3_e
     labels = level.read_labels(level.world_bounds()[0], (8, 8, 8))  # the crop's first corner: one chunk
     assert not np.isnan(labels).all()
     assert [(method, key.rsplit("/", 1)[-1]) for method, key in s3_requests()] == [("GET", "0.0.0")]
+
+
+def test_loader_workers_read_chunks_without_reopening_any_metadata(compose_cfg, s3_endpoint, s3_demo_bucket, s3_requests,
+                                                                   monkeypatch, tmp_path):
+    """The main process opens every crop's levels (their bounds and class weights); its workers,
+    forked (training loader) or spawned (validation loader), read chunks at once with what it
+    found. Reopened in each worker, as they were, every level cost five more requests per
+    worker, one after the other, before its first sample: thousands of round trips for a run
+    over the challenge's crops."""
+    from hydra.utils import instantiate
+
+    monkeypatch.setenv("AWS_ENDPOINT_URL", s3_endpoint)
+    cfg = compose_cfg("experiment=demo", "data=cellmap_s3", f"paths.s3_dir={s3_demo_bucket}",
+                      f"data.datasplit_path={tmp_path / 'datasplit.csv'}", "data.dataloader_kwargs.num_workers=2")
+    data = instantiate(cfg.data)
+    s3_requests()
+    for start_method, loader in (("fork", data.train_loader), ("spawn", data.val_loader)):
+        data.dataloader_kwargs["multiprocessing_context"] = start_method
+        batches = iter(loader())
+        raw = next(batches)[0]
+        next(batches)  # the second worker's first batch
+        del batches
+        assert raw.shape[0] == cfg.batch_size and not torch.isnan(raw).any()
+        keys = [key.rsplit("/", 1)[-1] for _, key in s3_requests()]
+        assert keys and not [key for key in keys if key.startswith(".z") or key == "zarr.json"], (start_method, keys)

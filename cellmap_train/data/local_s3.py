@@ -1,0 +1,90 @@
+"""A local S3 server (moto's, on 127.0.0.1) holding a public-read copy of the demo data: what the
+tests and benchmarks/s3.py stream from, and a way to try `data=cellmap_s3` without a bucket.
+Needs the test extra (moto[server]).
+
+    with demo_bucket(Path("/tmp/s3")) as (url, log):   # then AWS_ENDPOINT_URL=url
+        ... paths.s3_dir=s3://cellmap-demo ...; requests_in(log.read_text().splitlines())
+"""
+
+from __future__ import annotations
+
+import re
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+DEMO_BUCKET = "cellmap-demo"
+CREDENTIALS = {"key": "testing", "secret": "testing"}  # moto accepts any; s3fs needs some to upload
+
+
+def start_server(log: Path) -> tuple[subprocess.Popen, str]:
+    """`python -m moto.server` on a free port, logging one line per request to `log`; (process, URL)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    with log.open("w") as out:  # the server keeps its own handle
+        server = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                                  stdout=out, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    for _ in range(200):
+        try:
+            urllib.request.urlopen(url, timeout=1)
+            return server, url
+        except OSError:
+            time.sleep(0.1)
+    server.kill()
+    raise RuntimeError(f"moto server did not start on {url} (its log: {log})")
+
+
+def stop_server(server: subprocess.Popen) -> None:
+    server.terminate()
+    server.wait(timeout=10)
+
+
+def upload_demo(url: str, demo_root: Path, bucket: str = DEMO_BUCKET) -> str:
+    """Copy the demo datasets (`demo_root` = <cache>/v<N>) to a public-read bucket; its s3:// URL."""
+    import s3fs
+
+    fs = s3fs.S3FileSystem(**CREDENTIALS, client_kwargs={"endpoint_url": url},
+                           s3_additional_kwargs={"ACL": "public-read"}, skip_instance_cache=True)
+    fs.mkdir(bucket, acl="public-read")
+    for path in sorted(demo_root.rglob("*")):  # anonymous readers need every object public-read
+        if path.is_file():
+            fs.put_file(str(path), f"{bucket}/{path.relative_to(demo_root).as_posix()}")
+    return f"s3://{bucket}"
+
+
+@contextmanager
+def demo_bucket(folder: Path) -> Iterator[tuple[str, Path]]:
+    """A server holding the demo data (made under `folder` if not cached there); (URL, its log)."""
+    from cellmap_train.data.demo import DEMO_VERSION, ensure_demo_data
+
+    ensure_demo_data(folder / "demo")
+    server, url = start_server(folder / "moto.log")
+    try:
+        upload_demo(url, folder / "demo" / f"v{DEMO_VERSION}")
+        yield url, folder / "moto.log"
+    finally:
+        stop_server(server)
+
+
+def requests_in(log_lines: list[str]) -> list[tuple[str, str]]:
+    """(method, /bucket/key) of each request in the server's log lines."""
+    plain = (re.sub(r"\x1b\[[0-9;]*m", "", line) for line in log_lines)  # 4xx answers are logged in colour
+    return [match.groups() for line in plain if (match := re.search(r'"([A-Z]+) (\S+) HTTP/', line))]
+
+
+def settled_lines(log: Path, polls: int = 20) -> list[str]:
+    """The log's lines once no new one has come for 0.1 s: the server logs a request after answering it."""
+    lines = log.read_text().splitlines()
+    for _ in range(polls):
+        time.sleep(0.1)
+        if len(latest := log.read_text().splitlines()) == len(lines):
+            break
+        lines = latest
+    return lines
