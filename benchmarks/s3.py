@@ -1,13 +1,15 @@
-"""S3 request benchmark: the same short demo run streamed from a local S3 server (moto, on
-127.0.0.1) with the shipped storage options and with s3fs's default `max_concurrency` (10), in
-one run, alternated. Counted from the server's request log: requests by method, and the run's
-wall time.
+"""S3 benchmarks against a local S3 server (moto, on 127.0.0.1) holding the demo data, each
+side by side in one run, alternated:
 
-Above 1, s3fs asks every file's size (a HEAD) before it reads it, to split large files into
-concurrent ranges; zarr chunks are far below that size, so each read paid a round trip for
-nothing. On a real bucket every request is one: 20-100 ms from outside its region.
+1. Requests: the same short demo run with the shipped storage options and with s3fs's default
+   `max_concurrency` (10); requests by method, counted from the server's log, and wall time.
+   Above 1, s3fs asks every file's size (a HEAD) before it reads it, to split large files into
+   concurrent ranges; zarr chunks are far below that size, so each read paid a round trip.
+2. Start-up: opening the demo crops (CellMapData, datasplit written) one at a time and
+   `open_threads` at once, through a relay that makes each request `--latency-ms` late, as a
+   distant bucket does (20-100 ms from outside its region; on 127.0.0.1 a request is ~2 ms).
 
-    python benchmarks/s3.py [--steps 2] [--repeats 2]
+    python benchmarks/s3.py [--steps 2] [--repeats 2] [--latency-ms 30] [--open-threads 16]
 
 Needs the test extra (moto[server]).
 """
@@ -23,41 +25,74 @@ import tempfile
 import time
 from pathlib import Path
 
-from cellmap_train.data.local_s3 import demo_bucket, requests_in, settled_lines
+from cellmap_train.data.local_s3 import Relay, demo_bucket, requests_in, settled_lines
 
 VARIANTS = {"shipped (max_concurrency=1)": [], "s3fs default (max_concurrency=10)": ["data.storage_options.max_concurrency=10"]}
+
+
+def request_counts(url: str, log: Path, tmp: Path, steps: int, repeats: int) -> None:
+    env = {**os.environ, "AWS_ENDPOINT_URL": url, "CELLMAP_TRAIN_DEMO_DIR": str(tmp / "demo")}
+    print(f"demo run from S3 (moto on 127.0.0.1): 1 epoch x {steps} steps, one validation batch")
+    results = collections.defaultdict(list)
+    for repeat in range(repeats):
+        for name, overrides in VARIANTS.items():
+            before = len(log.read_text().splitlines())
+            start = time.perf_counter()
+            proc = subprocess.run([sys.executable, "-m", "cellmap_train", "experiment=demo", "data=cellmap_s3",
+                                   "paths.s3_dir=s3://cellmap-demo", "epochs=1", f"iterations_per_epoch={steps}",
+                                   "validation_batch_limit=1", "trainer.progress_bar=false",
+                                   f"hydra.run.dir={tmp / f'run-{repeat}-{len(results[name])}-{name[:7]}'}", *overrides],
+                                  cwd=tmp, env=env, capture_output=True, text=True)
+            took = time.perf_counter() - start
+            if proc.returncode != 0:
+                sys.exit(f"{name}: run failed\n{proc.stderr[-2000:]}")
+            counts = collections.Counter(method for method, _ in requests_in(settled_lines(log)[before:]))
+            results[name].append((took, counts))
+            print(f"  {name:36s} {took:6.1f} s   {sum(counts.values()):5d} requests "
+                  f"({', '.join(f'{m} {n}' for m, n in sorted(counts.items()))})", flush=True)
+    (shipped, default) = (results[name] for name in VARIANTS)
+    requests = sum(sum(c.values()) for _, c in shipped) / sum(sum(c.values()) for _, c in default)
+    seconds = sum(t for t, _ in shipped) / sum(t for t, _ in default)
+    print(f"  ratio shipped / s3fs default: requests {requests:.2f}, wall time {seconds:.2f}")
+
+
+def open_times(url: str, log: Path, tmp: Path, latency_ms: float, threads: int, repeats: int) -> None:
+    from cellmap_train.data import CellMapData
+
+    relay = Relay(url, delay=latency_ms / 1000)
+    options = {"anon": True, "client_kwargs": {"endpoint_url": relay.url}, "max_concurrency": 1}
+
+    def open_crops(open_threads: int) -> tuple[float, int, int]:
+        before = len(log.read_text().splitlines())
+        start = time.perf_counter()
+        data = CellMapData("s3://cellmap-demo", tmp / "datasplit.csv", ["nuc", "er", "mito"], validation_prob=0.3,
+                           input_array_info={"shape": [1, 96, 96], "scale": [8, 8, 8]}, storage_options=options,
+                           open_threads=open_threads)
+        took = time.perf_counter() - start
+        return took, len(data.train_set.crops) + len(data.val_set.crops), len(requests_in(settled_lines(log)[before:]))
+
+    open_crops(threads)  # writes the datasplit: what follows only opens the crops
+    print(f"opening the demo crops from S3, each request {latency_ms:g} ms late (a relay before moto):")
+    results = collections.defaultdict(list)
+    for _ in range(repeats):
+        for open_threads in (1, threads):
+            took, crops, requests = open_crops(open_threads)
+            results[open_threads].append(took)
+            print(f"  open_threads={open_threads:<3d} {took:6.2f} s   {crops} crops, {requests} requests", flush=True)
+    relay.close()
+    print(f"  ratio open_threads={threads} / 1: {sum(results[threads]) / sum(results[1]):.2f}")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=2, help="training steps of the run (one epoch)")
     parser.add_argument("--repeats", type=int, default=2, help="alternated rounds of both variants")
+    parser.add_argument("--latency-ms", type=float, default=30, help="delay the relay adds to each request")
+    parser.add_argument("--open-threads", type=int, default=16, help="data.open_threads of the concurrent variant")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp, demo_bucket(Path(tmp)) as (url, log):
-        tmp = Path(tmp)
-        env = {**os.environ, "AWS_ENDPOINT_URL": url, "CELLMAP_TRAIN_DEMO_DIR": str(tmp / "demo")}
-        print(f"demo run from S3 (moto on 127.0.0.1): 1 epoch x {args.steps} steps, one validation batch")
-        results = collections.defaultdict(list)
-        for repeat in range(args.repeats):
-            for name, overrides in VARIANTS.items():
-                before = len(log.read_text().splitlines())
-                start = time.perf_counter()
-                proc = subprocess.run([sys.executable, "-m", "cellmap_train", "experiment=demo", "data=cellmap_s3",
-                                       "paths.s3_dir=s3://cellmap-demo", "epochs=1", f"iterations_per_epoch={args.steps}",
-                                       "validation_batch_limit=1", "trainer.progress_bar=false",
-                                       f"hydra.run.dir={tmp / f'run-{repeat}-{len(results[name])}-{name[:7]}'}", *overrides],
-                                      cwd=tmp, env=env, capture_output=True, text=True)
-                took = time.perf_counter() - start
-                if proc.returncode != 0:
-                    sys.exit(f"{name}: run failed\n{proc.stderr[-2000:]}")
-                counts = collections.Counter(method for method, _ in requests_in(settled_lines(log)[before:]))
-                results[name].append((took, counts))
-                print(f"  {name:36s} {took:6.1f} s   {sum(counts.values()):5d} requests "
-                      f"({', '.join(f'{m} {n}' for m, n in sorted(counts.items()))})", flush=True)
-    (shipped, default) = (results[name] for name in VARIANTS)
-    requests = sum(sum(c.values()) for _, c in shipped) / sum(sum(c.values()) for _, c in default)
-    seconds = sum(t for t, _ in shipped) / sum(t for t, _ in default)
-    print(f"  ratio shipped / s3fs default: requests {requests:.2f}, wall time {seconds:.2f}")
+        open_times(url, log, Path(tmp), args.latency_ms, args.open_threads, args.repeats)
+        request_counts(url, log, Path(tmp), args.steps, args.repeats)
 
 
 if __name__ == "__main__":

@@ -26,7 +26,7 @@ from cellmap_train.data.dataset import (ArrayInfo, CountingSampler, Crop, Random
                                          ValidationTileDataset)
 from cellmap_train.data.datasplit import label_names_on_disk, make_datasplit_csv, read_datasplit
 from cellmap_train.data.demo import ensure_demo_data
-from cellmap_train.data.ngff import MissingScaleError
+from cellmap_train.data.ngff import MissingScaleError, map_concurrently
 from cellmap_train.data.transforms import SampleTransforms
 from cellmap_train.errors import ConfigError, DataError, UserError
 
@@ -126,21 +126,28 @@ def check_worker_socket_path() -> None:
                           f"(e.g. TMPDIR=/tmp) or data.dataloader_kwargs.num_workers=0")
 
 
-def open_at_scale(crops: Sequence[Crop], usage: str, input_info: ArrayInfo, target_info: ArrayInfo) -> list[Crop]:
-    """Open the crops; leave out, with one warning, those whose raw has no level at the input's
-    voxel size or whose classes have none at the target's (crops of a dataset are often annotated
-    at another resolution than the rest: one of them should not stop a run over all the others).
-    A class left out of a crop counts as unannotated there. None left: the first reason, as an error."""
-    kept, no_raw = [], []
-    for crop in crops:
+def open_crops(crops: Sequence[Crop], threads: int) -> list[str | None]:
+    """Open the crops, `threads` at a time; for each, why its raw has no level at the input's
+    voxel size (None: opened)."""
+    def no_raw_level(crop: Crop) -> str | None:
         try:
             crop.open()
         except MissingScaleError as err:
-            no_raw.append(str(err))
-            continue
-        if crop.known:
-            kept.append(crop)
-    reasons = no_raw + [why for crop in crops for why in crop.unavailable.values()]
+            return str(err)
+        return None
+
+    return map_concurrently(no_raw_level, crops, threads)
+
+
+def keep_at_scale(crops: Sequence[Crop], no_raw: Sequence[str | None], usage: str, input_info: ArrayInfo,
+                  target_info: ArrayInfo) -> list[Crop]:
+    """The opened crops; leave out, with one warning, those whose raw has no level at the input's
+    voxel size (`no_raw`) or whose classes have none at the target's (crops of a dataset are often
+    annotated at another resolution than the rest: one of them should not stop a run over all the
+    others). A class left out of a crop counts as unannotated there. None left: the first reason,
+    as an error."""
+    kept = [crop for crop, why in zip(crops, no_raw) if why is None and crop.known]
+    reasons = [why for why in no_raw if why] + [why for crop in crops for why in crop.unavailable.values()]
     if crops and not kept:
         raise DataError(f"no {usage} crop has data at the voxel sizes asked for: {reasons[0]}")
     if reasons:
@@ -169,7 +176,7 @@ def warn_of_unannotated_classes(classes: Sequence[str], crops: Mapping[str, Sequ
     untrained = [cls for cls in classes if cls not in annotating("train")]
     if untrained and crops["train"]:  # no training crop at all: the training set says so
         on_disk = label_names_on_disk([crop.entry for crop in crops["train"]], dict(storage_options or {}))
-        other_scale = {cls for crop in crops["train"] for cls in crop.unavailable}  # said by open_at_scale
+        other_scale = {cls for crop in crops["train"] for cls in crop.unavailable}  # said by keep_at_scale
         stale = [cls for cls in untrained if cls in on_disk and cls not in other_scale]
         hint = (f"; its crops do hold {_names(stale)}: {datasplit_path.name} was written for other classes, remove it "
                 f"to list the crops again" if stale else f"; label groups in its crops: {_names(sorted(on_disk))}")
@@ -197,7 +204,8 @@ class CellMapData:
                  force_all_classes: bool | str = False, storage_options: Mapping | None = None,
                  dataloader_kwargs: Mapping | None = None, make_demo: bool = False, train_on_validation: bool = False,
                  train_transforms: SampleTransforms | None = None, val_transforms: SampleTransforms | None = None,
-                 rare_class_weight: float = 0.0, filter_by_scale: bool = False, chunk_cache_mb: float = 256):
+                 rare_class_weight: float = 0.0, filter_by_scale: bool = False, chunk_cache_mb: float = 256,
+                 open_threads: int = 16):
         self.classes = list(classes)
         self.batch_size = int(batch_size)
         self.seed = int(seed)
@@ -205,6 +213,8 @@ class CellMapData:
         self.target_info = ArrayInfo.parse(target_array_info or input_array_info, "target_array_info")
         self.storage_options = dict(storage_options or {})
         self.dataloader_kwargs = dict(dataloader_kwargs or {})
+        if isinstance(open_threads, bool) or not isinstance(open_threads, int) or open_threads < 1:
+            raise ConfigError(f"data.open_threads={open_threads!r}: must be an integer >= 1 (crops opened at once)")
         self._loader_kwargs()  # a bad loader option fails here, before any data is made or read
         if make_demo:
             search_path = str(ensure_demo_data(search_path))
@@ -221,12 +231,17 @@ class CellMapData:
         crops = {usage: [Crop(e, self.classes, self.input_info, self.target_info, self.storage_options, cache)
                          for e in entries if e.usage == usage and set(e.classes) & set(self.classes)]
                  for usage in ("train", "validate")}
-        crops["validate"] = open_at_scale(crops["validate"], "validate", self.input_info, self.target_info)
-        crops["train"] = (crops["validate"] if train_on_validation else
-                          open_at_scale(crops["train"], "train", self.input_info, self.target_info))
+        usages = ["validate"] if train_on_validation else ["validate", "train"]
+        opening = [crop for usage in usages for crop in crops[usage]]  # all at once: on S3 a crop is many round trips
+        no_raw = dict(zip(opening, open_crops(opening, open_threads)))
+        for usage in usages:
+            crops[usage] = keep_at_scale(crops[usage], [no_raw[crop] for crop in crops[usage]], usage, self.input_info,
+                                         self.target_info)
+        if train_on_validation:
+            crops["train"] = crops["validate"]
         warn_of_unannotated_classes(self.classes, crops, self.datasplit_path, self.storage_options)
         self.train_set = RandomCropDataset(crops["train"], train_transforms, self.seed, weighted=weighted_sampler,
-                                           rare_class_weight=rare_class_weight)
+                                           rare_class_weight=rare_class_weight, threads=open_threads)
         self.val_set = ValidationTileDataset(crops["validate"], val_transforms)
         if len(self.val_set) == 0:
             why = "; validation_prob=0 leaves none (validation judges the best epoch)" if validation_prob == 0 else ""

@@ -22,7 +22,7 @@ from torch.utils.data import Dataset, Sampler
 
 from cellmap_train.data.chunks import ChunkCache
 from cellmap_train.data.datasplit import CropEntry
-from cellmap_train.data.ngff import MissingScaleError, ScaleLevel, coarsest_level, open_level
+from cellmap_train.data.ngff import MissingScaleError, ScaleLevel, coarsest_level, map_concurrently, open_level
 from cellmap_train.data.transforms import SampleTransforms
 from cellmap_train.errors import ConfigError, DataError
 
@@ -176,7 +176,7 @@ def to_tensors(raw: np.ndarray, labels: np.ndarray, squeeze_z: bool) -> tuple[to
     return torch.from_numpy(np.ascontiguousarray(raw[None])), torch.from_numpy(np.ascontiguousarray(labels))
 
 
-def crop_probabilities(crops: Sequence[Crop], weighted: bool, rare_class_weight: float) -> np.ndarray:
+def crop_probabilities(crops: Sequence[Crop], weighted: bool, rare_class_weight: float, threads: int = 1) -> np.ndarray:
     """How often each crop is drawn: by labelled volume (`weighted`) or uniformly, blended
     with a share `rare_class_weight` that gives every class the same total mass, spread over
     crops by how much of that class they hold (rare classes get seen as often as common ones)."""
@@ -184,7 +184,8 @@ def crop_probabilities(crops: Sequence[Crop], weighted: bool, rare_class_weight:
     base = base / base.sum()
     if rare_class_weight <= 0:
         return base
-    mass = np.stack([c.foreground_fractions() for c in crops]) * base[:, None]  # [crops, classes]
+    fractions = map_concurrently(Crop.foreground_fractions, crops, threads)  # each reads the crop's coarsest levels
+    mass = np.stack(fractions) * base[:, None]  # [crops, classes]
     totals = mass.sum(axis=0)
     present = totals > 0
     if not present.any():
@@ -199,13 +200,13 @@ class RandomCropDataset(Dataset):
     worker or epoch asks, which is what makes resumed runs exactly equal to uninterrupted ones."""
 
     def __init__(self, crops: Sequence[Crop], transforms: SampleTransforms | None, seed: int, weighted: bool = True,
-                 rare_class_weight: float = 0.0):
+                 rare_class_weight: float = 0.0, threads: int = 1):
         if not crops:
             raise DataError("no training crops in the datasplit")
         if not 0 <= rare_class_weight <= 1:
             raise DataError(f"rare_class_weight={rare_class_weight}: must be in [0, 1]")
         self.crops, self.transforms, self.seed = list(crops), transforms, int(seed)
-        self.probabilities = crop_probabilities(self.crops, weighted, float(rare_class_weight))
+        self.probabilities = crop_probabilities(self.crops, weighted, float(rare_class_weight), threads)
         self.bounds = [c.bounds() for c in self.crops]
         self.squeeze_z = self.crops[0].input_info.is_2d
 

@@ -1,6 +1,7 @@
 """A local S3 server (moto's, on 127.0.0.1) holding a public-read copy of the demo data: what the
 tests and benchmarks/s3.py stream from, and a way to try `data=cellmap_s3` without a bucket.
-Needs the test extra (moto[server]).
+Needs the test extra (moto[server]). `Relay` stands between a client and the server: it adds a
+delay to each request (a distant bucket) or cuts the connection (an outage).
 
     with demo_bucket(Path("/tmp/s3")) as (url, log):   # then AWS_ENDPOINT_URL=url
         ... paths.s3_dir=s3://cellmap-demo ...; requests_in(log.read_text().splitlines())
@@ -10,8 +11,10 @@ from __future__ import annotations
 
 import re
 import socket
+import struct
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from contextlib import contextmanager
@@ -88,3 +91,75 @@ def settled_lines(log: Path, polls: int = 20) -> list[str]:
             break
         lines = latest
     return lines
+
+
+def _reset(sock: socket.socket) -> None:
+    """Close with an RST (SO_LINGER 0), as a vanished peer does."""
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    except OSError:
+        pass
+    sock.close()
+
+
+class Relay:
+    """127.0.0.1:<port> forwarding to the server at `target_url`, each request `delay` seconds late
+    (a bucket far away: a request costs a round trip there). `cut()` drops every open connection
+    and then resets each new one (the server is gone; `refused` counts how often a client came
+    back); `restore()` forwards again on the same port. The server itself is never touched."""
+
+    def __init__(self, target_url: str, delay: float = 0.0):
+        host, _, port = target_url.split("://", 1)[1].partition(":")
+        self.target, self.delay = (host, int(port)), delay
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.listener.getsockname()[1]}"
+        self.up = True
+        self.refused = 0  # connections reset while cut
+        self._open: set[socket.socket] = set()
+        self._lock = threading.Lock()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def cut(self) -> None:
+        with self._lock:
+            self.up = False
+            for sock in self._open:
+                _reset(sock)
+            self._open.clear()
+
+    def restore(self) -> None:
+        with self._lock:
+            self.up = True
+
+    def close(self) -> None:
+        self.cut()
+        self.listener.close()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return  # closed
+            with self._lock:
+                if not self.up:
+                    self.refused += 1
+                    _reset(client)
+                    continue
+                try:
+                    upstream = socket.create_connection(self.target, timeout=5)
+                except OSError:
+                    _reset(client)
+                    continue
+                upstream.settimeout(None)
+                self._open.update((client, upstream))
+            for src, dst, delay in ((client, upstream, self.delay), (upstream, client, 0.0)):
+                threading.Thread(target=self._pump, args=(src, dst, delay), daemon=True).start()
+
+    def _pump(self, src: socket.socket, dst: socket.socket, delay: float) -> None:
+        try:
+            while data := src.recv(65536):
+                time.sleep(delay)  # HTTP/1.1 sends a connection's requests one after another
+                dst.sendall(data)
+            dst.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass  # cut, or the other side closed

@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import pickle
 import shutil
+import threading
+import time
 
 import numpy as np
 import pytest
@@ -13,9 +15,10 @@ import torch
 
 from cellmap_train.data import CellMapData
 from cellmap_train.data.dataset import crop_probabilities
+from cellmap_train.data.ngff import map_concurrently
 from cellmap_train.data.transforms import BinarizeLabels, NormalizeRaw, SampleTransforms, SpatialTransform
 from cellmap_train.engine.prefetch import DeviceBatches
-from cellmap_train.errors import DataError
+from cellmap_train.errors import ConfigError, DataError
 from cellmap_train.labels import UNKNOWN, as_float
 
 CLASSES = ["nuc", "er", "mito"]
@@ -239,3 +242,42 @@ def test_crops_without_the_voxel_size_asked_for_are_left_out_with_a_warning(demo
     with pytest.raises(DataError, match=r"^no validate crop has data at the voxel sizes asked for: .*jrc_demo-\d.zarr/"
                                         r"recon-1/em/fibsem-uint8: no level at scale \[8.0, 8.0, 8.0\] nm"):
         make_data(root, tmp_path)
+
+
+def test_crops_opened_at_once_or_one_by_one_make_the_same_sets(demo_root, tmp_path):
+    one_by_one = make_data(demo_root, tmp_path, open_threads=1, rare_class_weight=0.5)
+    at_once = make_data(demo_root, tmp_path, open_threads=16, rare_class_weight=0.5)
+    for a, b in ((one_by_one.train_set, at_once.train_set), (one_by_one.val_set, at_once.val_set)):
+        assert [crop.entry for crop in a.crops] == [crop.entry for crop in b.crops]
+    np.testing.assert_array_equal(one_by_one.train_set.probabilities, at_once.train_set.probabilities)
+    for x, y in zip(one_by_one.train_set[7], at_once.train_set[7]):
+        torch.testing.assert_close(x, y, equal_nan=True)
+
+
+@pytest.mark.parametrize("bad", [0, -2, 1.5, True, "8"])
+def test_open_threads_must_be_a_positive_integer(demo_root, tmp_path, bad):
+    with pytest.raises(ConfigError, match=rf"data.open_threads={bad!r}: must be an integer >= 1"):
+        make_data(demo_root, tmp_path, open_threads=bad)
+
+
+def test_map_concurrently_runs_at_once_keeps_the_order_and_raises_the_first_error():
+    together = threading.Barrier(4, timeout=10)
+
+    def meet(i: int) -> int:
+        together.wait()  # passes only when four calls run at the same time
+        return i
+
+    assert map_concurrently(meet, list(range(4)), threads=4) == [0, 1, 2, 3]
+
+    started = []
+
+    def crop(i: int) -> int:
+        started.append(i)
+        if i in (0, 3):
+            raise DataError(f"crop {i} is broken")
+        time.sleep(0.2)
+        return i
+
+    with pytest.raises(DataError, match="crop 0 is broken"):
+        map_concurrently(crop, list(range(8)), threads=2)
+    assert len(started) < 8  # the calls not yet started when crop 0 failed were dropped

@@ -11,12 +11,12 @@ import time
 import numpy as np
 import pytest
 
+from cellmap_train.data.local_s3 import Relay
 from cellmap_train.data.ngff import open_group, open_level, open_level_array
 from cellmap_train.engine.checkpoint import read_checkpoint
 from cellmap_train.engine.pause_hook import ENV, MARKER
 from cellmap_train.errors import DataError
 from faults import error_line, snapshot, wait_for_marker
-from relay import Relay
 
 SMALL_BUDGET = {"max_attempts": 2, "timeout": 1, "s3fs": 1}
 # names what could not be fetched: a chunk, or the metadata of a level's array or of its group
