@@ -9,6 +9,7 @@ delay to each request (a distant bucket) or cuts the connection (an outage).
 
 from __future__ import annotations
 
+import os
 import re
 import socket
 import struct
@@ -56,21 +57,21 @@ def upload_demo(url: str, demo_root: Path, bucket: str = DEMO_BUCKET) -> str:
     fs = s3fs.S3FileSystem(**CREDENTIALS, client_kwargs={"endpoint_url": url},
                            s3_additional_kwargs={"ACL": "public-read"}, skip_instance_cache=True)
     fs.mkdir(bucket, acl="public-read")
-    for path in sorted(demo_root.rglob("*")):  # anonymous readers need every object public-read
-        if path.is_file():
-            fs.put_file(str(path), f"{bucket}/{path.relative_to(demo_root).as_posix()}")
+    files = sorted(path for path in demo_root.rglob("*") if path.is_file())  # each public-read, for anonymous readers
+    fs.put([str(path) for path in files], [f"{bucket}/{path.relative_to(demo_root).as_posix()}" for path in files])
     return f"s3://{bucket}"
 
 
 @contextmanager
-def demo_bucket(folder: Path) -> Iterator[tuple[str, Path]]:
-    """A server holding the demo data (made under `folder` if not cached there); (URL, its log)."""
-    from cellmap_train.data.demo import DEMO_VERSION, ensure_demo_data
+def demo_bucket(folder: Path, demo_cache: Path | None = None) -> Iterator[tuple[str, Path]]:
+    """A server holding the demo data of `demo_cache` (default `folder`/demo; made there if
+    missing), its log in `folder`; (URL, log)."""
+    from cellmap_train.data.demo import ensure_demo_data
 
-    ensure_demo_data(folder / "demo")
+    root = ensure_demo_data(demo_cache or folder / "demo")
     server, url = start_server(folder / "moto.log")
     try:
-        upload_demo(url, folder / "demo" / f"v{DEMO_VERSION}")
+        upload_demo(url, root)
         yield url, folder / "moto.log"
     finally:
         stop_server(server)
@@ -163,3 +164,29 @@ class Relay:
             dst.shutdown(socket.SHUT_WR)
         except OSError:
             pass  # cut, or the other side closed
+
+
+def main(argv: list[str] | None = None) -> None:
+    """`python -m cellmap_train.data.local_s3`: serve the demo data until Ctrl-C and say how to train on it."""
+    import argparse
+    import signal
+    import tempfile
+
+    parser = argparse.ArgumentParser(description="Serve the demo data from a local S3 server (moto) until Ctrl-C.")
+    parser.add_argument("--delay-ms", type=float, default=0, help="hold each request back this long (a distant bucket)")
+    args = parser.parse_args(argv)
+    signal.signal(signal.SIGTERM, signal.default_int_handler)  # stop (and clean up) as on Ctrl-C
+    demo_cache = Path(os.environ.get("CELLMAP_TRAIN_DEMO_DIR", Path.home() / ".cache/cellmap_train/demo"))  # as conf/paths
+    try:
+        with tempfile.TemporaryDirectory(prefix="cellmap-s3-") as folder, demo_bucket(Path(folder), demo_cache) as (url, _):
+            endpoint = Relay(url, delay=args.delay_ms / 1000).url if args.delay_ms else url
+            print(f"serving s3://{DEMO_BUCKET} at {endpoint}; train on it with:\n"
+                  f"  AWS_ENDPOINT_URL={endpoint} python -m cellmap_train experiment=demo data=cellmap_s3 "
+                  f"paths.s3_dir=s3://{DEMO_BUCKET}\nCtrl-C stops the server.", flush=True)
+            threading.Event().wait()
+    except KeyboardInterrupt:
+        print("server stopped", flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
-import torch
 import pytest
+import torch
 
 from cellmap_train.data.datasplit import label_names_on_disk, make_s3_datasplit_csv
 from cellmap_train.data.ngff import open_level
@@ -76,3 +78,33 @@ def test_loader_workers_read_chunks_without_reopening_any_metadata(compose_cfg, 
         assert raw.shape[0] == cfg.batch_size and not torch.isnan(raw).any()
         keys = [key.rsplit("/", 1)[-1] for _, key in s3_requests()]
         assert keys and not [key for key in keys if key.startswith(".z") or key == "zarr.json"], (start_method, keys)
+
+
+@pytest.mark.slow
+def test_local_s3_serves_the_demo_data_until_ctrl_c(demo_cache):
+    """`python -m cellmap_train.data.local_s3`: what the README offers to try S3 without a bucket."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import urllib.request
+
+    import s3fs
+
+    server = subprocess.Popen([sys.executable, "-m", "cellmap_train.data.local_s3"],
+                              env={**os.environ, "CELLMAP_TRAIN_DEMO_DIR": str(demo_cache)},
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        first = server.stdout.readline()
+        match = re.search(r"at (http://127\.0\.0\.1:\d+); train on it with", first)
+        assert match, first + server.stdout.read()
+        assert "data=cellmap_s3 paths.s3_dir=s3://cellmap-demo" in server.stdout.readline()
+        fs = s3fs.S3FileSystem(anon=True, client_kwargs={"endpoint_url": match.group(1)}, skip_instance_cache=True)
+        assert fs.cat("cellmap-demo/jrc_demo-1/jrc_demo-1.zarr/.zgroup") == b'{\n  "zarr_format": 2\n}'
+        server.send_signal(signal.SIGINT)
+        assert server.wait(timeout=30) == 0
+        assert "server stopped" in server.stdout.read()
+        with pytest.raises(OSError):  # moto is gone with it
+            urllib.request.urlopen(match.group(1), timeout=2)
+    finally:
+        server.kill()
