@@ -175,7 +175,8 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Serve the demo data from a local S3 server (moto) until Ctrl-C.")
     parser.add_argument("--delay-ms", type=float, default=0, help="hold each request back this long (a distant bucket)")
     args = parser.parse_args(argv)
-    signal.signal(signal.SIGTERM, signal.default_int_handler)  # stop (and clean up) as on Ctrl-C
+    for sig in (signal.SIGINT, signal.SIGTERM):  # SIGINT too: a shell starts background jobs with it ignored
+        signal.signal(sig, signal.default_int_handler)  # stop, and clean up, as on Ctrl-C
     demo_cache = Path(os.environ.get("CELLMAP_TRAIN_DEMO_DIR", Path.home() / ".cache/cellmap_train/demo"))  # as conf/paths
     try:
         with tempfile.TemporaryDirectory(prefix="cellmap-s3-") as folder, demo_bucket(Path(folder), demo_cache) as (url, _):
