@@ -8,8 +8,11 @@ side by side in one run, alternated:
 2. Start-up: opening the demo crops (CellMapData, datasplit written) one at a time and
    `open_threads` at once, through a relay that makes each request `--latency-ms` late, as a
    distant bucket does (20-100 ms from outside its region; on 127.0.0.1 a request is ~2 ms).
+3. Samples: reading `--samples` training samples (raw + 3 classes, chunk cache off) through the
+   same relay, each array's chunks fetched after the other's (as before) and all of a sample's
+   fetched together (ngff.fetch_together).
 
-    python benchmarks/s3.py [--steps 2] [--repeats 2] [--latency-ms 30] [--open-threads 16]
+    python benchmarks/s3.py [--steps 2] [--repeats 2] [--latency-ms 30] [--open-threads 16] [--samples 20]
 
 Needs the test extra (moto[server]).
 """
@@ -28,6 +31,14 @@ from pathlib import Path
 from cellmap_train.data.local_s3 import Relay, demo_bucket, requests_in, settled_lines
 
 VARIANTS = {"shipped (max_concurrency=1)": [], "s3fs default (max_concurrency=10)": ["data.storage_options.max_concurrency=10"]}
+
+
+def shipped_storage_options(endpoint: str) -> dict:
+    """conf/data/cellmap.yaml's storage options, pointed at `endpoint`."""
+    from omegaconf import OmegaConf
+
+    options = OmegaConf.to_container(OmegaConf.load(Path(__file__).parents[1] / "conf/data/cellmap.yaml").storage_options)
+    return {**options, "client_kwargs": {"endpoint_url": endpoint}}
 
 
 def request_counts(url: str, log: Path, tmp: Path, steps: int, repeats: int) -> None:
@@ -60,7 +71,7 @@ def open_times(url: str, log: Path, tmp: Path, latency_ms: float, threads: int, 
     from cellmap_train.data import CellMapData
 
     relay = Relay(url, delay=latency_ms / 1000)
-    options = {"anon": True, "client_kwargs": {"endpoint_url": relay.url}, "max_concurrency": 1}
+    options = shipped_storage_options(relay.url)
 
     def open_crops(open_threads: int) -> tuple[float, int, int]:
         before = len(log.read_text().splitlines())
@@ -83,15 +94,52 @@ def open_times(url: str, log: Path, tmp: Path, latency_ms: float, threads: int, 
     print(f"  ratio open_threads={threads} / 1: {sum(results[threads]) / sum(results[1]):.2f}")
 
 
+def sample_times(url: str, tmp: Path, latency_ms: float, samples: int, repeats: int) -> None:
+    import numpy as np
+
+    from cellmap_train.data import CellMapData, dataset
+
+    relay = Relay(url, delay=latency_ms / 1000)
+    options = shipped_storage_options(relay.url)
+    data = CellMapData("s3://cellmap-demo", tmp / "datasplit.csv", ["nuc", "er", "mito"], validation_prob=0.3,
+                       input_array_info={"shape": [1, 96, 96], "scale": [8, 8, 8]}, storage_options=options, chunk_cache_mb=0)
+    together = dataset.fetch_together
+
+    def read_samples(fetch) -> float:
+        dataset.fetch_together = fetch
+        rng = np.random.default_rng(0)
+        start = time.perf_counter()
+        for _ in range(samples):
+            crop = data.train_set.crops[rng.integers(len(data.train_set.crops))]
+            low, high = crop.bounds()
+            crop.read(rng.uniform(low, high))
+        return (time.perf_counter() - start) / samples
+
+    print(f"reading {samples} 2D samples (raw + 3 classes, no chunk cache), each request {latency_ms:g} ms late:")
+    results = collections.defaultdict(list)
+    try:
+        for _ in range(repeats):
+            for name, fetch in (("one array after the other", lambda reads: {}), ("all arrays together", together)):
+                results[name].append(read_samples(fetch))
+                print(f"  {name:28s} {results[name][-1] * 1000:6.0f} ms per sample", flush=True)
+    finally:
+        dataset.fetch_together = together
+        relay.close()
+    ratio = sum(results["all arrays together"]) / sum(results["one array after the other"])
+    print(f"  ratio together / one after the other: {ratio:.2f}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=2, help="training steps of the run (one epoch)")
     parser.add_argument("--repeats", type=int, default=2, help="alternated rounds of both variants")
     parser.add_argument("--latency-ms", type=float, default=30, help="delay the relay adds to each request")
     parser.add_argument("--open-threads", type=int, default=16, help="data.open_threads of the concurrent variant")
+    parser.add_argument("--samples", type=int, default=20, help="samples read per round of the sample benchmark")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp, demo_bucket(Path(tmp)) as (url, log):
         open_times(url, log, Path(tmp), args.latency_ms, args.open_threads, args.repeats)
+        sample_times(url, Path(tmp), args.latency_ms, args.samples, args.repeats)
         request_counts(url, log, Path(tmp), args.steps, args.repeats)
 
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import itertools
 import os
 from collections import OrderedDict
-from typing import Any, Iterator
+from typing import Any, Iterator, Mapping
 
 import numpy as np
 
@@ -51,6 +51,9 @@ class ChunkCache:
 
     def __setstate__(self, state):
         self.__init__(state["max_bytes"] / 2**20)
+
+    def __contains__(self, key: tuple) -> bool:  # no hit or miss counted
+        return key in self._chunks
 
     def get(self, key: tuple) -> np.ndarray | None:
         chunk = self._chunks.get(key)
@@ -152,8 +155,17 @@ class V2ChunkReader:
     def __getstate__(self):  # fsspec pickles a filesystem as its arguments
         return {**self.__dict__, "_pid": None}
 
-    def read(self, src: tuple[slice, ...]) -> np.ndarray:
-        """The voxels of box `src` (inside the array). Raises ChunkReadError naming the chunk."""
+    def chunk_path(self, coords: tuple[int, ...]) -> str:
+        return f"{self.fs_path}/{self.encode_key(coords)}"
+
+    def missing(self, src: tuple[slice, ...]) -> list[str]:
+        """The files of the chunks of box `src` that are not in the cache: what reading it fetches."""
+        return [self.chunk_path(coords) for coords in chunk_coords(src, self.chunks) if (self.fs_path, coords) not in self.cache]
+
+    def read(self, src: tuple[slice, ...], fetched: Mapping[str, Any] | None = None) -> np.ndarray:
+        """The voxels of box `src` (inside the array). Raises ChunkReadError naming the chunk.
+        `fetched`: chunk files already fetched (path -> bytes or the error), e.g. by
+        ngff.fetch_together; the others are fetched here."""
         # per axis: (chunk index, where its part lands in the box, which part of the chunk)
         axes = [[(i, slice(max(s.start, i * n) - s.start, min(s.stop, (i + 1) * n) - s.start),
                   slice(max(s.start, i * n) - i * n, min(s.stop, (i + 1) * n) - i * n))
@@ -167,17 +179,19 @@ class V2ChunkReader:
             else:
                 out[dst] = chunk[part]
         # each chunk's part is copied out before the next put, which may recycle earlier chunks
-        for (coords, dst, part), data in zip(missing, self.fetch([f"{self.fs_path}/{self.encode_key(c)}" for c, _, _ in missing])):
+        for (coords, dst, part), data in zip(missing, self.fetch([self.chunk_path(c) for c, _, _ in missing], fetched)):
             chunk = self.decode(coords, data)
             out[dst] = chunk[part]
             self.cache.put((self.fs_path, coords), chunk)
         return out
 
-    def fetch(self, paths: list[str]) -> Iterator[Any]:
-        """Each chunk file's bytes in order, or the exception reading it raised. Local files are
-        read one at a time into the process's file buffer (valid until the next item is taken)."""
+    def fetch(self, paths: list[str], fetched: Mapping[str, Any] | None = None) -> Iterator[Any]:
+        """Each chunk file's bytes in order, or the exception reading it raised, taken from
+        `fetched` where it is there. Local files are read one at a time into the process's file
+        buffer (valid until the next item is taken)."""
         if not self.local:
-            data = self.fs.cat(paths, on_error="return")  # S3: all requests at once
+            rest = [path for path in paths if path not in (fetched or {})]
+            data = {**(fetched or {}), **(self.fs.cat(rest, on_error="return") if rest else {})}  # S3: all at once
             yield from (data[path] for path in paths)
             return
         for path in paths:

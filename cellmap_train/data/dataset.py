@@ -22,7 +22,8 @@ from torch.utils.data import Dataset, Sampler
 
 from cellmap_train.data.chunks import ChunkCache
 from cellmap_train.data.datasplit import CropEntry
-from cellmap_train.data.ngff import MissingScaleError, ScaleLevel, coarsest_level, map_concurrently, open_level
+from cellmap_train.data.ngff import (MissingScaleError, ScaleLevel, coarsest_level, fetch_together, map_concurrently,
+                                     open_level)
 from cellmap_train.data.transforms import SampleTransforms
 from cellmap_train.errors import ConfigError, DataError
 
@@ -150,12 +151,15 @@ class Crop:
         t_low = grid + np.round((centre - tinfo.extent / 2 - grid) / tinfo.scale) * tinfo.scale
         mid = t_low + tinfo.extent / 2
         raw_margin, label_margin = np.asarray(raw_margin, dtype=int), np.asarray(label_margin, dtype=int)
-        raw = self._raw.read(mid - iinfo.extent / 2 - raw_margin * iinfo.scale, np.asarray(iinfo.shape) + 2 * raw_margin,
-                             fill=0)
+        raw_low = mid - iinfo.extent / 2 - raw_margin * iinfo.scale
+        raw_shape = tuple(int(n) for n in np.asarray(iinfo.shape) + 2 * raw_margin)
         label_shape = tuple(int(n) for n in np.asarray(tinfo.shape) + 2 * label_margin)
         t_low = t_low - label_margin * np.asarray(tinfo.scale)
+        fetched = fetch_together([(self._raw, raw_low, raw_shape), *((level, t_low, label_shape) for level in self.known)])
+        raw = self._raw.read(raw_low, raw_shape, fill=0, fetched=fetched)
         labels = np.stack([
-            level.read_labels(t_low, label_shape) if level is not None else np.full(label_shape, np.nan, dtype=np.float32)
+            level.read_labels(t_low, label_shape, fetched) if level is not None
+            else np.full(label_shape, np.nan, dtype=np.float32)
             for level in self._labels.values()
         ])
         return raw, labels

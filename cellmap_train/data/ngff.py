@@ -10,7 +10,7 @@ from __future__ import annotations
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator, Sequence, TypeVar
+from typing import Any, Callable, Iterator, Mapping, Sequence, TypeVar
 
 import fsspec
 import numpy as np
@@ -155,28 +155,43 @@ class ScaleLevel:
         """Index of the voxel whose centre is nearest to the world point."""
         return np.round((np.asarray(world, dtype=float) - self._translation) / self._scale).astype(int)
 
-    def read(self, world_low: Sequence[float], shape: Sequence[int], fill: float = 0) -> np.ndarray:
+    def read(self, world_low: Sequence[float], shape: Sequence[int], fill: float = 0,
+             fetched: Mapping[str, Any] | None = None) -> np.ndarray:
         """Read `shape` voxels whose first voxel edge is at `world_low`; outside the array is `fill`.
 
         `world_low` is snapped to this level's voxel grid, so callers get exactly `shape` voxels.
+        `fetched`: chunk files fetched beforehand (fetch_together).
         """
         dtype = np.result_type(self.array.dtype, np.float32) if np.isnan(fill) else self.array.dtype
-        return self._read_box(world_low, shape, fill, dtype, lambda values: values)
+        return self._read_box(world_low, shape, fill, dtype, lambda values: values, fetched)
 
-    def read_labels(self, world_low: Sequence[float], shape: Sequence[int]) -> np.ndarray:
+    def read_labels(self, world_low: Sequence[float], shape: Sequence[int],
+                    fetched: Mapping[str, Any] | None = None) -> np.ndarray:
         """float32 class values (0/1, NaN = unknown or outside the crop)."""
-        return self._read_box(world_low, shape, np.nan, np.float32, self.encoding.decode)
+        return self._read_box(world_low, shape, np.nan, np.float32, self.encoding.decode, fetched)
 
-    def _read_box(self, world_low, shape, fill, dtype, convert) -> np.ndarray:
-        """`convert(voxels)` of the part of the box inside the array, padded with `fill`."""
+    def _box(self, world_low, shape) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """First voxel of the box, and the low and high corners of its part inside the array."""
         start = self.voxel_index(np.asarray(world_low, dtype=float) + self._scale / 2)
         stop = start + np.asarray(shape, dtype=int)
-        src_lo, src_hi = np.maximum(start, 0), np.minimum(stop, self._shape)
+        return start, np.maximum(start, 0), np.minimum(stop, self._shape)
+
+    def remote_chunks(self, world_low: Sequence[float], shape: Sequence[int]) -> tuple[Any, list[str]]:
+        """(filesystem, chunk files) that reading this box would request from object storage:
+        none from a local disk or the cache."""
+        _, src_lo, src_hi = self._box(world_low, shape)
+        if self.reader is None or self.reader.local or np.any(src_hi <= src_lo):
+            return None, []
+        return self.reader.fs, self.reader.missing(tuple(slice(int(a), int(b)) for a, b in zip(src_lo, src_hi)))
+
+    def _read_box(self, world_low, shape, fill, dtype, convert, fetched=None) -> np.ndarray:
+        """`convert(voxels)` of the part of the box inside the array, padded with `fill`."""
+        start, src_lo, src_hi = self._box(world_low, shape)
         if np.any(src_hi <= src_lo):
             return np.full(tuple(shape), fill, dtype=dtype)
         src = tuple(slice(int(a), int(b)) for a, b in zip(src_lo, src_hi))
         try:
-            values = convert(self.reader.read(src) if self.reader is not None else self.array[src])
+            values = convert(self.reader.read(src, fetched) if self.reader is not None else self.array[src])
         except ChunkReadError as err:
             raise DataError(self._describe_chunk_error(err)) from err
         except Exception as err:
@@ -259,6 +274,25 @@ def reachable(where: str) -> Iterator[None]:
         if _unreachable(err):
             raise DataError(f"{where}: {unreachable_message(err)}") from err
         raise
+
+
+def fetch_together(reads: Sequence[tuple[ScaleLevel, Sequence[float], Sequence[int]]]) -> dict[str, Any]:
+    """The object-storage chunk files of several reads (level, world_low, shape), fetched in one
+    call per filesystem: the raw and every class of a sample are then one round of concurrent
+    requests instead of one round per array, one after the other. Pass the result to each
+    read as `fetched`. A file that failed maps to its error, which that read reports as usual."""
+    by_fs: dict[int, tuple[Any, list[str]]] = {}
+    for level, world_low, shape in reads:
+        fs, files = level.remote_chunks(world_low, shape)
+        if files:
+            by_fs.setdefault(id(fs), (fs, []))[1].extend(files)
+    fetched: dict[str, Any] = {}
+    for fs, files in by_fs.values():
+        try:
+            fetched.update(fs.cat(list(dict.fromkeys(files)), on_error="return"))
+        except Exception:  # noqa: BLE001 - each read then fetches its own files and says what failed, naming the chunk
+            pass
+    return fetched
 
 
 def map_concurrently(fn: Callable[[T], R], items: Sequence[T], threads: int) -> list[R]:

@@ -108,3 +108,29 @@ def test_local_s3_serves_the_demo_data_until_ctrl_c(demo_cache):
             urllib.request.urlopen(match.group(1), timeout=2)
     finally:
         server.kill()
+
+
+def test_a_samples_arrays_are_fetched_in_one_round_of_requests(s3_endpoint, s3_demo_bucket, s3_requests, monkeypatch):
+    """The raw and every class of a sample are fetched in one fsspec call (its requests run
+    concurrently), not one call per array after the other: on a bucket each call is a round trip."""
+    from cellmap_train.data.dataset import ArrayInfo, Crop
+    from cellmap_train.data.datasplit import CropEntry
+
+    options = {"anon": True, "client_kwargs": {"endpoint_url": s3_endpoint}, "max_concurrency": 1}
+    zarr_path = f"{s3_demo_bucket}/jrc_demo-1/jrc_demo-1.zarr"
+    entry = CropEntry("train", zarr_path, "recon-1/em/fibsem-uint8", zarr_path, "recon-1/labels/groundtruth/crop1",
+                      ("nuc", "er", "mito"))
+    info = ArrayInfo.parse({"shape": [1, 48, 48], "scale": [8, 8, 8]}, "input_array_info")
+    crop = Crop(entry, ["nuc", "er", "mito"], info, info, options).open()
+    fs = crop._raw.reader.fs
+    calls = []
+    real_cat = fs.cat
+    monkeypatch.setattr(fs, "cat", lambda paths, **kw: calls.append(list(paths)) or real_cat(paths, **kw))
+    s3_requests()
+    low, high = crop.bounds()
+    raw, labels = crop.read((low + high) / 2)
+    assert raw.shape == (1, 48, 48) and labels.shape == (3, 1, 48, 48) and not np.isnan(labels).all()
+    assert len(calls) == 1, [len(paths) for paths in calls]
+    assert {tuple(path.split("/")[-3:-1]) for path in calls[0]} == {(name, "s0") for name in ("fibsem-uint8", *entry.classes)}
+    fetched = sorted(key for _, key in s3_requests())
+    assert fetched == sorted(f"/{path}" for path in calls[0])  # each chunk once, nothing else
