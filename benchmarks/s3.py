@@ -8,11 +8,11 @@ side by side in one run, alternated:
 2. Start-up: opening the demo crops (CellMapData, datasplit written) one at a time and
    `open_threads` at once, through a relay that makes each request `--latency-ms` late, as a
    distant bucket does (20-100 ms from outside its region; on 127.0.0.1 a request is ~2 ms).
-3. Samples: reading `--samples` training samples (raw + 3 classes, chunk cache off) through the
-   same relay, each array's chunks fetched after the other's (as before) and all of a sample's
-   fetched together (ngff.fetch_together).
+3. Samples: reading `--batches` batches of 8 training samples (raw + 3 classes, chunk cache off)
+   through the same relay, the chunks fetched array by array (as before), sample by sample, and
+   for the whole batch at once (ngff.fetch_together; what DataLoader workers do).
 
-    python benchmarks/s3.py [--steps 2] [--repeats 2] [--latency-ms 30] [--open-threads 16] [--samples 20]
+    python benchmarks/s3.py [--steps 2] [--repeats 2] [--latency-ms 30] [--open-threads 16] [--batches 3]
 
 Needs the test extra (moto[server]).
 """
@@ -94,39 +94,39 @@ def open_times(url: str, log: Path, tmp: Path, latency_ms: float, threads: int, 
     print(f"  ratio open_threads={threads} / 1: {sum(results[threads]) / sum(results[1]):.2f}")
 
 
-def sample_times(url: str, tmp: Path, latency_ms: float, samples: int, repeats: int) -> None:
-    import numpy as np
-
+def sample_times(url: str, tmp: Path, latency_ms: float, batches: int, repeats: int) -> None:
     from cellmap_train.data import CellMapData, dataset
 
     relay = Relay(url, delay=latency_ms / 1000)
-    options = shipped_storage_options(relay.url)
     data = CellMapData("s3://cellmap-demo", tmp / "datasplit.csv", ["nuc", "er", "mito"], validation_prob=0.3,
-                       input_array_info={"shape": [1, 96, 96], "scale": [8, 8, 8]}, storage_options=options, chunk_cache_mb=0)
-    together = dataset.fetch_together
+                       input_array_info={"shape": [1, 96, 96], "scale": [8, 8, 8]}, batch_size=8,
+                       storage_options=shipped_storage_options(relay.url), chunk_cache_mb=0)
+    together, train_set = dataset.fetch_together, data.train_set
+    variants = {  # how the chunks of a batch of 8 samples are fetched
+        "each array apart (as before)": lambda batch: [train_set[i] for i in batch],
+        "each sample's arrays together": lambda batch: [train_set[i] for i in batch],
+        "the whole batch together": train_set.__getitems__,
+    }
 
-    def read_samples(fetch) -> float:
-        dataset.fetch_together = fetch
-        rng = np.random.default_rng(0)
+    def read_batches(name: str) -> float:
+        dataset.fetch_together = (lambda reads: {}) if name.startswith("each array") else together
         start = time.perf_counter()
-        for _ in range(samples):
-            crop = data.train_set.crops[rng.integers(len(data.train_set.crops))]
-            low, high = crop.bounds()
-            crop.read(rng.uniform(low, high))
-        return (time.perf_counter() - start) / samples
+        for b in range(batches):
+            variants[name](list(range(8 * b, 8 * b + 8)))
+        return (time.perf_counter() - start) / batches
 
-    print(f"reading {samples} 2D samples (raw + 3 classes, no chunk cache), each request {latency_ms:g} ms late:")
+    print(f"reading {batches} batches of 8 2D samples (raw + 3 classes, no chunk cache), each request {latency_ms:g} ms late:")
     results = collections.defaultdict(list)
     try:
         for _ in range(repeats):
-            for name, fetch in (("one array after the other", lambda reads: {}), ("all arrays together", together)):
-                results[name].append(read_samples(fetch))
-                print(f"  {name:28s} {results[name][-1] * 1000:6.0f} ms per sample", flush=True)
+            for name in variants:
+                results[name].append(read_batches(name))
+                print(f"  {name:30s} {results[name][-1] * 1000:6.0f} ms per batch", flush=True)
     finally:
         dataset.fetch_together = together
         relay.close()
-    ratio = sum(results["all arrays together"]) / sum(results["one array after the other"])
-    print(f"  ratio together / one after the other: {ratio:.2f}")
+    base = sum(results["each array apart (as before)"])
+    print("  ratio to each array apart: " + ", ".join(f"{name} {sum(times) / base:.2f}" for name, times in results.items()))
 
 
 def main() -> None:
@@ -135,11 +135,11 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2, help="alternated rounds of both variants")
     parser.add_argument("--latency-ms", type=float, default=30, help="delay the relay adds to each request")
     parser.add_argument("--open-threads", type=int, default=16, help="data.open_threads of the concurrent variant")
-    parser.add_argument("--samples", type=int, default=20, help="samples read per round of the sample benchmark")
+    parser.add_argument("--batches", type=int, default=3, help="batches of 8 read per round of the sample benchmark")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp, demo_bucket(Path(tmp)) as (url, log):
         open_times(url, log, Path(tmp), args.latency_ms, args.open_threads, args.repeats)
-        sample_times(url, Path(tmp), args.latency_ms, args.samples, args.repeats)
+        sample_times(url, Path(tmp), args.latency_ms, args.batches, args.repeats)
         request_counts(url, log, Path(tmp), args.steps, args.repeats)
 
 

@@ -14,7 +14,7 @@ import numbers
 import os
 from dataclasses import dataclass, replace
 from itertools import zip_longest
-from typing import Iterator, Mapping, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -24,7 +24,7 @@ from cellmap_train.data.chunks import ChunkCache
 from cellmap_train.data.datasplit import CropEntry
 from cellmap_train.data.ngff import (MissingScaleError, ScaleLevel, coarsest_level, fetch_together, map_concurrently,
                                      open_level)
-from cellmap_train.data.transforms import SampleTransforms
+from cellmap_train.data.transforms import SampleTransforms, SpatialDraw
 from cellmap_train.errors import ConfigError, DataError
 
 
@@ -139,39 +139,75 @@ class Crop:
                 fractions[c] = float((labels[known] > 0).mean()) if known.any() else 0.0
         return fractions
 
-    def read(self, centre: np.ndarray, raw_margin: Sequence[int] = (0, 0, 0),
-             label_margin: Sequence[int] = (0, 0, 0)) -> tuple[np.ndarray, np.ndarray]:
-        """Raw and labels of the sample centred at world point `centre` (nm), with `*_margin`
-        voxels of context each side of each axis (what a rotation turns into the sample)."""
-        self.open()
+    def boxes(self, centre: np.ndarray, draw: SpatialDraw | None = None) -> SampleBoxes:
+        """Where the sample centred at world point `centre` (nm) lies: snapped to the label grid
+        so targets are exact voxels, raw cut around the same point, each with the margin of
+        context the spatial `draw` turns into the sample (a rotation's corners)."""
         tinfo, iinfo = self.target_info, self.input_info
-        # snap to the label grid so targets are exact voxels, then cut raw around the same point
         level0 = self.known[0]
         grid = np.asarray(level0.translation) - np.asarray(level0.scale) / 2
         t_low = grid + np.round((centre - tinfo.extent / 2 - grid) / tinfo.scale) * tinfo.scale
         mid = t_low + tinfo.extent / 2
-        raw_margin, label_margin = np.asarray(raw_margin, dtype=int), np.asarray(label_margin, dtype=int)
-        raw_low = mid - iinfo.extent / 2 - raw_margin * iinfo.scale
-        raw_shape = tuple(int(n) for n in np.asarray(iinfo.shape) + 2 * raw_margin)
-        label_shape = tuple(int(n) for n in np.asarray(tinfo.shape) + 2 * label_margin)
-        t_low = t_low - label_margin * np.asarray(tinfo.scale)
-        fetched = fetch_together([(self._raw, raw_low, raw_shape), *((level, t_low, label_shape) for level in self.known)])
-        raw = self._raw.read(raw_low, raw_shape, fill=0, fetched=fetched)
+        raw_margin, label_margin = (draw.raw_margin, draw.label_margin) if draw is not None else (np.zeros(3, int),) * 2
+        return SampleBoxes(mid - iinfo.extent / 2 - raw_margin * iinfo.scale,
+                           tuple(int(n) for n in np.asarray(iinfo.shape) + 2 * raw_margin),
+                           t_low - label_margin * np.asarray(tinfo.scale),
+                           tuple(int(n) for n in np.asarray(tinfo.shape) + 2 * label_margin))
+
+    def array_reads(self, boxes: SampleBoxes) -> list[tuple[ScaleLevel, np.ndarray, tuple[int, ...]]]:
+        """(level, world_low, shape) of every array the sample reads: for ngff.fetch_together."""
+        return [(self._raw, boxes.raw_low, boxes.raw_shape), *((level, boxes.label_low, boxes.label_shape) for level in self.known)]
+
+    def read(self, centre: np.ndarray, draw: SpatialDraw | None = None,
+             fetched: Mapping[str, Any] | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Raw and labels (NaN where unknown) of the sample at `centre`, with the margins `draw`
+        needs. Its arrays' chunks are fetched in one round of requests, unless `fetched` holds them."""
+        self.open()
+        boxes = self.boxes(centre, draw)
+        if fetched is None:
+            fetched = fetch_together(self.array_reads(boxes))
+        raw = self._raw.read(boxes.raw_low, boxes.raw_shape, fill=0, fetched=fetched)
         labels = np.stack([
-            level.read_labels(t_low, label_shape, fetched) if level is not None
-            else np.full(label_shape, np.nan, dtype=np.float32)
+            level.read_labels(boxes.label_low, boxes.label_shape, fetched) if level is not None
+            else np.full(boxes.label_shape, np.nan, dtype=np.float32)
             for level in self._labels.values()
         ])
         return raw, labels
 
+    def draw(self, transforms: SampleTransforms | None, rng: np.random.Generator) -> SpatialDraw | None:
+        """A sample's spatial choices: drawn before it is read, which must take the margin they need."""
+        return transforms.draw(rng, self.input_info.shape, self.target_info.shape) if transforms is not None else None
+
     def sample(self, centre: np.ndarray, transforms: SampleTransforms | None, rng: np.random.Generator):
-        """The transformed sample at `centre`. The spatial choices are drawn first, so that the
-        read can take the margin a rotation turns into the corners (`read_context`)."""
-        if transforms is None:
-            return self.read(centre)
-        draw = transforms.draw(rng, self.input_info.shape, self.target_info.shape)
-        raw, labels = self.read(centre, draw.raw_margin, draw.label_margin) if draw is not None else self.read(centre)
-        return transforms.apply(draw, raw, labels)
+        """The transformed sample at `centre`, its spatial choices drawn from `rng`."""
+        return self.drawn_sample(centre, transforms, self.draw(transforms, rng))
+
+    def drawn_sample(self, centre: np.ndarray, transforms: SampleTransforms | None, draw: SpatialDraw | None,
+                     fetched: Mapping[str, Any] | None = None):
+        raw, labels = self.read(centre, draw, fetched)
+        return (raw, labels) if transforms is None else transforms.apply(draw, raw, labels)
+
+
+@dataclass(frozen=True)
+class SampleBoxes:
+    """A sample's boxes in world units (nm): raw and labels, each from its low corner."""
+
+    raw_low: np.ndarray
+    raw_shape: tuple[int, ...]
+    label_low: np.ndarray
+    label_shape: tuple[int, ...]
+
+
+def read_batch(picks: Sequence[tuple[Crop, np.ndarray, np.random.Generator]], transforms: SampleTransforms | None,
+               squeeze_z: bool) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """The samples (crop, centre, rng) of one batch, each as `Crop.sample` makes it, with the
+    chunks of all of them fetched in one round of requests: on S3 a batch costs one round trip
+    instead of one per sample, one after the other."""
+    draws = [crop.draw(transforms, rng) for crop, _, rng in picks]
+    fetched = fetch_together([read for (crop, centre, _), draw in zip(picks, draws)
+                              for read in crop.open().array_reads(crop.boxes(centre, draw))])
+    return [to_tensors(*crop.drawn_sample(centre, transforms, draw, fetched), squeeze_z)
+            for (crop, centre, _), draw in zip(picks, draws)]
 
 
 def to_tensors(raw: np.ndarray, labels: np.ndarray, squeeze_z: bool) -> tuple[torch.Tensor, torch.Tensor]:
@@ -217,12 +253,18 @@ class RandomCropDataset(Dataset):
     def __len__(self) -> int:
         return 2**62
 
-    def __getitem__(self, index: int):
+    def pick(self, index: int) -> tuple[Crop, np.ndarray, np.random.Generator]:
+        """Sample `index`'s crop and centre, and the generator its spatial choices come from."""
         rng = np.random.default_rng([self.seed, int(index)])
         k = int(rng.choice(len(self.crops), p=self.probabilities))
         low, high = self.bounds[k]
-        raw, labels = self.crops[k].sample(rng.uniform(low, high), self.transforms, rng)
-        return to_tensors(raw, labels, self.squeeze_z)
+        return self.crops[k], rng.uniform(low, high), rng
+
+    def __getitem__(self, index: int):
+        return read_batch([self.pick(index)], self.transforms, self.squeeze_z)[0]
+
+    def __getitems__(self, indices: Sequence[int]):  # a DataLoader asks for a whole batch at once
+        return read_batch([self.pick(i) for i in indices], self.transforms, self.squeeze_z)
 
 
 def tile_starts(low: float, high: float, tile: float) -> list[float]:
@@ -256,10 +298,15 @@ class ValidationTileDataset(Dataset):
     def __len__(self) -> int:
         return len(self.tiles)
 
-    def __getitem__(self, index: int):
+    def pick(self, index: int) -> tuple[Crop, np.ndarray, np.random.Generator]:
         k, centre = self.tiles[index]
-        raw, labels = self.crops[k].sample(centre, self.transforms, np.random.default_rng(index))
-        return to_tensors(raw, labels, self.squeeze_z)
+        return self.crops[k], centre, np.random.default_rng(index)
+
+    def __getitem__(self, index: int):
+        return read_batch([self.pick(index)], self.transforms, self.squeeze_z)[0]
+
+    def __getitems__(self, indices: Sequence[int]):
+        return read_batch([self.pick(i) for i in indices], self.transforms, self.squeeze_z)
 
 
 class CountingSampler(Sampler[int]):

@@ -324,10 +324,11 @@ class MissingScaleError(DataError):
 
 
 def open_level(path: str, scale: Sequence[float], storage_options: dict | None = None,
-               cache: ChunkCache | None = None) -> ScaleLevel:
-    """The level of the multiscale group at `path` whose voxel size equals `scale` (nm, z/y/x).
-    Its chunks are read with chunks.V2ChunkReader where it can (decoded chunks kept in `cache`)."""
-    group = open_group(path, storage_options)
+               cache: ChunkCache | None = None, group: zarr.Group | None = None) -> ScaleLevel:
+    """The level of the multiscale group at `path` (`group`, when already open) whose voxel size
+    equals `scale` (nm, z/y/x). Its chunks are read with chunks.V2ChunkReader where it can
+    (decoded chunks kept in `cache`)."""
+    group = group if group is not None else open_group(path, storage_options)
     levels = level_transforms(group, path)
     wanted = tuple(float(s) for s in scale)
     for name, level_scale, translation in levels:
@@ -348,5 +349,4 @@ def open_level(path: str, scale: Sequence[float], storage_options: dict | None =
 def coarsest_level(path: str, storage_options: dict | None = None) -> ScaleLevel:
     """The last (coarsest) level: small enough to read whole, e.g. to count a class's voxels."""
     group = open_group(path, storage_options)
-    levels = level_transforms(group, path)
-    return open_level(path, levels[-1][1], storage_options)
+    return open_level(path, level_transforms(group, path)[-1][1], storage_options, group=group)

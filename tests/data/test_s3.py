@@ -134,3 +134,27 @@ def test_a_samples_arrays_are_fetched_in_one_round_of_requests(s3_endpoint, s3_d
     assert {tuple(path.split("/")[-3:-1]) for path in calls[0]} == {(name, "s0") for name in ("fibsem-uint8", *entry.classes)}
     fetched = sorted(key for _, key in s3_requests())
     assert fetched == sorted(f"/{path}" for path in calls[0])  # each chunk once, nothing else
+
+
+def test_a_batch_is_fetched_in_one_round_and_equals_its_samples_read_alone(s3_endpoint, s3_demo_bucket, demo_root,
+                                                                              monkeypatch, tmp_path):
+    """A DataLoader asks the training set for a whole batch (`__getitems__`): the chunks of all
+    its samples are fetched in one fsspec call, and each sample is what `dataset[i]` reads."""
+    from cellmap_train.data import CellMapData
+    from cellmap_train.data.transforms import NormalizeRaw, SampleTransforms, SpatialTransform
+
+    options = {"anon": True, "client_kwargs": {"endpoint_url": s3_endpoint}, "max_concurrency": 1}
+    rotate = SampleTransforms(SpatialTransform({"x": 0.5}, ["x", "y"], {"z": [-180, 180]}), NormalizeRaw())
+    data = CellMapData(s3_demo_bucket, tmp_path / "split.csv", ["nuc", "er", "mito"], validation_prob=0.3,
+                       input_array_info={"shape": [1, 32, 32], "scale": [8, 8, 8]}, storage_options=options,
+                       train_transforms=rotate, chunk_cache_mb=0)
+    fs = data.train_set.crops[0]._raw.reader.fs
+    calls = []
+    real_cat = fs.cat
+    monkeypatch.setattr(fs, "cat", lambda paths, **kw: calls.append(len(paths)) or real_cat(paths, **kw))
+    batch = data.train_set.__getitems__(list(range(100, 108)))
+    assert len(calls) == 1 and calls[0] > 8, calls
+    for i, (raw, labels) in zip(range(100, 108), batch):
+        alone_raw, alone_labels = data.train_set[i]
+        torch.testing.assert_close(raw, alone_raw)
+        torch.testing.assert_close(labels, alone_labels, equal_nan=True)
