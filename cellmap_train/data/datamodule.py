@@ -225,7 +225,7 @@ class CellMapData:
         else:
             entries = make_datasplit_csv(self.classes, force_all_classes, validation_prob, base_path=self.search_path,
                                          csv_path=self.datasplit_path, storage_options=self.storage_options, seed=self.seed,
-                                         scale=self.target_info.scale if filter_by_scale else None)
+                                         scale=self.target_info.scale if filter_by_scale else None, threads=open_threads)
         # one cache per process shared by every crop (a worker gets its own, empty, of the same size)
         cache = ChunkCache(chunk_cache_mb)
         crops = {usage: [Crop(e, self.classes, self.input_info, self.target_info, self.storage_options, cache)

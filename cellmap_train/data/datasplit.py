@@ -20,7 +20,7 @@ from typing import Sequence
 
 import numpy as np
 
-from cellmap_train.data.ngff import level_transforms, open_group, reachable, url_filesystem
+from cellmap_train.data.ngff import level_transforms, map_concurrently, open_group, reachable, url_filesystem
 from cellmap_train.errors import DataError
 from cellmap_train.files import atomic_write
 
@@ -135,11 +135,13 @@ def make_datasplit_csv(classes: Sequence[str] = ("nuc", "mito"), force_all_class
                        search_path: str = SEARCH_PATH, raw_name: str = RAW_NAME, crop_name: str = CROP_NAME,
                        csv_path: str | os.PathLike = "datasplit.csv", dry_run: bool = False,
                        storage_options: dict | None = None, seed: int = 42, overwrite: bool = False,
-                       base_path: str = ".", scale: float | Sequence[float] | None = None) -> list[CropEntry]:
+                       base_path: str = ".", scale: float | Sequence[float] | None = None,
+                       threads: int = 16) -> list[CropEntry]:
     """Write (unless `dry_run`) a datasplit CSV of every crop holding any of `classes`.
 
     See `assign_usages` for the split rules. `scale` keeps a class in a crop only if its
-    finest level is at least that fine (the challenge's `filter_by_scale`).
+    finest level is at least that fine (the challenge's `filter_by_scale`), `threads` crops
+    looked at once (on S3 each class of each crop is two requests).
     An existing CSV is returned as is unless `overwrite=True`.
     """
     csv_path = Path(csv_path)
@@ -150,8 +152,8 @@ def make_datasplit_csv(classes: Sequence[str] = ("nuc", "mito"), force_all_class
     search_path = search_path.replace("{base_path}", str(base_path).rstrip("/"))
     rows = find_crops(classes, datasets, crops, search_path, raw_name, crop_name, storage_options)
     if scale is not None:
-        rows = [(raw, crop, present) for raw, crop, present in
-                ((raw, crop, _fine_enough(crop, present, scale, storage_options)) for raw, crop, present in rows) if present]
+        fine = map_concurrently(lambda row: _fine_enough(row[1], row[2], scale, storage_options), rows, threads)
+        rows = [(raw, crop, present) for (raw, crop, _), present in zip(rows, fine) if present]
     usages = assign_usages([present for _, _, present in rows], classes, force_all_classes, validation_prob, seed)
     entries = []
     for usage, (raw_url, crop_url, present) in zip(usages, rows):
@@ -193,17 +195,17 @@ def make_s3_datasplit_csv(classes: Sequence[str] = ("nuc", "mito"), force_all_cl
 def label_names_on_disk(entries: Sequence[CropEntry], storage_options: dict | None = None, limit: int = 50) -> set[str]:
     """The label groups the ground-truth folders of (at most `limit` of) `entries` hold, whatever
     classes the datasplit lists: what a user can ask for there. One listing per crop."""
-    names: set[str] = set()
-    for entry in list(entries)[:limit]:
+    def groups(entry: CropEntry) -> set[str]:
         url = f"{entry.gt_zarr.rstrip('/')}/{entry.gt_path}"
         fs, path = url_filesystem(url, storage_options)
         with reachable(url):
             try:
                 listing = fs.ls(path, detail=True)
             except FileNotFoundError:
-                continue
-        names.update(item["name"].rstrip("/").rsplit("/", 1)[-1] for item in listing if item.get("type") == "directory")
-    return names
+                return set()
+        return {item["name"].rstrip("/").rsplit("/", 1)[-1] for item in listing if item.get("type") == "directory"}
+
+    return set().union(*map_concurrently(groups, list(entries)[:limit], threads=16))
 
 
 def write_datasplit(entries: Sequence[CropEntry], csv_path: str | os.PathLike) -> None:

@@ -87,6 +87,8 @@ def test_existing_csv_is_kept_unless_overwrite(demo_root, tmp_path):
 def test_scale_filter_keeps_classes_annotated_fine_enough(demo_root, tmp_path):
     fine = make_datasplit_csv(["nuc"], False, 0.3, base_path=str(demo_root), dry_run=True, scale=8)
     assert len(fine) == 10
+    # the crops are looked at 16 at a time (on S3 each class is two requests): the same split one by one
+    assert make_datasplit_csv(["nuc"], False, 0.3, base_path=str(demo_root), dry_run=True, scale=8, threads=1) == fine
     with pytest.raises(Exception, match="no crops"):
         make_datasplit_csv(["nuc"], False, 0.3, base_path=str(demo_root), dry_run=True, scale=[4, 4, 4])
 
