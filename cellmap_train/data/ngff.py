@@ -278,9 +278,10 @@ def reachable(where: str) -> Iterator[None]:
 
 def fetch_together(reads: Sequence[tuple[ScaleLevel, Sequence[float], Sequence[int]]]) -> dict[str, Any]:
     """The object-storage chunk files of several reads (level, world_low, shape), fetched in one
-    call per filesystem: the raw and every class of a sample are then one round of concurrent
-    requests instead of one round per array, one after the other. Pass the result to each
-    read as `fetched`. A file that failed maps to its error, which that read reports as usual."""
+    call per filesystem: the raw and every class of every sample of a batch are then one round
+    of concurrent requests instead of one round per array, one after the other. Pass the result
+    to each read as `fetched`. A file that failed maps to its error, which that read reports as
+    usual."""
     by_fs: dict[int, tuple[Any, list[str]]] = {}
     for level, world_low, shape in reads:
         fs, files = level.remote_chunks(world_low, shape)
