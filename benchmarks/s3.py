@@ -1,16 +1,16 @@
 """S3 benchmarks against a local S3 server (moto, on 127.0.0.1) holding the demo data, each
 side by side in one run, alternated:
 
-1. Requests: the same short demo run with the shipped storage options and with s3fs's default
+1. Start-up: opening the demo crops (CellMapData, datasplit written) one at a time and
+   `open_threads` at once, through a relay that makes each request `--latency-ms` late, as a
+   distant bucket does (20-100 ms from outside its region; on 127.0.0.1 a request is ~2 ms).
+2. Samples: reading `--batches` batches of 8 training samples (raw + 3 classes, chunk cache off)
+   through the same relay, the chunks fetched array by array (as before), sample by sample, and
+   for the whole batch at once (ngff.fetch_together; what DataLoader workers do).
+3. Requests: the same short demo run with the shipped storage options and with s3fs's default
    `max_concurrency` (10); requests by method, counted from the server's log, and wall time.
    Above 1, s3fs asks every file's size (a HEAD) before it reads it, to split large files into
    concurrent ranges; zarr chunks are far below that size, so each read paid a round trip.
-2. Start-up: opening the demo crops (CellMapData, datasplit written) one at a time and
-   `open_threads` at once, through a relay that makes each request `--latency-ms` late, as a
-   distant bucket does (20-100 ms from outside its region; on 127.0.0.1 a request is ~2 ms).
-3. Samples: reading `--batches` batches of 8 training samples (raw + 3 classes, chunk cache off)
-   through the same relay, the chunks fetched array by array (as before), sample by sample, and
-   for the whole batch at once (ngff.fetch_together; what DataLoader workers do).
 
     python benchmarks/s3.py [--steps 2] [--repeats 2] [--latency-ms 30] [--open-threads 16] [--batches 3]
 
