@@ -132,7 +132,7 @@ def sample_times(url: str, tmp: Path, latency_ms: float, batches: int, repeats: 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=2, help="training steps of the run (one epoch)")
-    parser.add_argument("--repeats", type=int, default=2, help="alternated rounds of both variants")
+    parser.add_argument("--repeats", type=int, default=2, help="alternated rounds of each part's variants")
     parser.add_argument("--latency-ms", type=float, default=30, help="delay the relay adds to each request")
     parser.add_argument("--open-threads", type=int, default=16, help="data.open_threads of the concurrent variant")
     parser.add_argument("--batches", type=int, default=3, help="batches of 8 read per round of the sample benchmark")
