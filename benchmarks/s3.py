@@ -41,6 +41,15 @@ def shipped_storage_options(endpoint: str) -> dict:
     return {**options, "client_kwargs": {"endpoint_url": endpoint}}
 
 
+def demo_data(tmp: Path, storage_options: dict, **kwargs):
+    """CellMapData over the bucket's demo crops (nuc, er, mito; 1x96x96 at 8 nm), the datasplit in `tmp`."""
+    from cellmap_train.data import CellMapData
+
+    return CellMapData("s3://cellmap-demo", tmp / "datasplit.csv", ["nuc", "er", "mito"], validation_prob=0.3,
+                       input_array_info={"shape": [1, 96, 96], "scale": [8, 8, 8]},
+                       storage_options=storage_options, **kwargs)
+
+
 def request_counts(url: str, log: Path, tmp: Path, steps: int, repeats: int) -> None:
     env = {**os.environ, "AWS_ENDPOINT_URL": url, "CELLMAP_TRAIN_DEMO_DIR": str(tmp / "demo")}
     print(f"demo run from S3 (moto on 127.0.0.1): 1 epoch x {steps} steps, one validation batch")
@@ -68,17 +77,13 @@ def request_counts(url: str, log: Path, tmp: Path, steps: int, repeats: int) -> 
 
 
 def open_times(url: str, log: Path, tmp: Path, latency_ms: float, threads: int, repeats: int) -> None:
-    from cellmap_train.data import CellMapData
-
     relay = Relay(url, delay=latency_ms / 1000)
     options = shipped_storage_options(relay.url)
 
     def open_crops(open_threads: int) -> tuple[float, int, int]:
         before = len(log.read_text().splitlines())
         start = time.perf_counter()
-        data = CellMapData("s3://cellmap-demo", tmp / "datasplit.csv", ["nuc", "er", "mito"], validation_prob=0.3,
-                           input_array_info={"shape": [1, 96, 96], "scale": [8, 8, 8]}, storage_options=options,
-                           open_threads=open_threads)
+        data = demo_data(tmp, options, open_threads=open_threads)
         took = time.perf_counter() - start
         return took, len(data.train_set.crops) + len(data.val_set.crops), len(requests_in(settled_lines(log)[before:]))
 
@@ -95,12 +100,10 @@ def open_times(url: str, log: Path, tmp: Path, latency_ms: float, threads: int, 
 
 
 def sample_times(url: str, tmp: Path, latency_ms: float, batches: int, repeats: int) -> None:
-    from cellmap_train.data import CellMapData, dataset
+    from cellmap_train.data import dataset
 
     relay = Relay(url, delay=latency_ms / 1000)
-    data = CellMapData("s3://cellmap-demo", tmp / "datasplit.csv", ["nuc", "er", "mito"], validation_prob=0.3,
-                       input_array_info={"shape": [1, 96, 96], "scale": [8, 8, 8]}, batch_size=8,
-                       storage_options=shipped_storage_options(relay.url), chunk_cache_mb=0)
+    data = demo_data(tmp, shipped_storage_options(relay.url), batch_size=8, chunk_cache_mb=0)
     together, train_set = dataset.fetch_together, data.train_set
     variants = {  # how the chunks of a batch of 8 samples are fetched
         "each array apart (as before)": lambda batch: [train_set[i] for i in batch],

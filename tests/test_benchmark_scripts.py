@@ -75,4 +75,3 @@ def test_label_transport_benchmark_runs(tmp_path):
     assert sizes[-1] == "4.00x"  # float32 against uint8, measured on the batches the workers sent
     speed = next(line for line in proc.stdout.splitlines() if line.startswith("batches/s")).split()
     assert float(speed[-1].rstrip("x")) > 0
-

@@ -190,9 +190,10 @@ class V2ChunkReader:
         `fetched` where it is there. Local files are read one at a time into the process's file
         buffer (valid until the next item is taken)."""
         if not self.local:
-            rest = [path for path in paths if path not in (fetched or {})]
-            data = {**(fetched or {}), **(self.fs.cat(rest, on_error="return") if rest else {})}  # S3: all at once
-            yield from (data[path] for path in paths)
+            fetched = fetched or {}
+            rest = [path for path in paths if path not in fetched]
+            more = self.fs.cat(rest, on_error="return") if rest else {}  # S3: all requests at once
+            yield from (fetched[path] if path in fetched else more[path] for path in paths)
             return
         for path in paths:
             try:

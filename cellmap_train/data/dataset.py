@@ -158,12 +158,14 @@ class Crop:
         """(level, world_low, shape) of every array the sample reads: for ngff.fetch_together."""
         return [(self._raw, boxes.raw_low, boxes.raw_shape), *((level, boxes.label_low, boxes.label_shape) for level in self.known)]
 
-    def read(self, centre: np.ndarray, draw: SpatialDraw | None = None,
-             fetched: Mapping[str, Any] | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """Raw and labels (NaN where unknown) of the sample at `centre`, with the margins `draw`
-        needs. Its arrays' chunks are fetched in one round of requests, unless `fetched` holds them."""
+    def read(self, centre: np.ndarray, draw: SpatialDraw | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Raw and labels (NaN where unknown) of the sample at `centre`, with the margins `draw` needs."""
+        return self.read_boxes(self.open().boxes(centre, draw))
+
+    def read_boxes(self, boxes: SampleBoxes, fetched: Mapping[str, Any] | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Raw and labels at `boxes`. Their arrays' chunks are fetched in one round of requests,
+        unless `fetched` holds them already."""
         self.open()
-        boxes = self.boxes(centre, draw)
         if fetched is None:
             fetched = fetch_together(self.array_reads(boxes))
         raw = self._raw.read(boxes.raw_low, boxes.raw_shape, fill=0, fetched=fetched)
@@ -180,12 +182,8 @@ class Crop:
 
     def sample(self, centre: np.ndarray, transforms: SampleTransforms | None, rng: np.random.Generator):
         """The transformed sample at `centre`, its spatial choices drawn from `rng`."""
-        return self.drawn_sample(centre, transforms, self.draw(transforms, rng))
-
-    def drawn_sample(self, centre: np.ndarray, transforms: SampleTransforms | None, draw: SpatialDraw | None,
-                     fetched: Mapping[str, Any] | None = None):
-        raw, labels = self.read(centre, draw, fetched)
-        return (raw, labels) if transforms is None else transforms.apply(draw, raw, labels)
+        draw = self.draw(transforms, rng)
+        return transformed(transforms, draw, self.read(centre, draw))
 
 
 @dataclass(frozen=True)
@@ -204,10 +202,15 @@ def read_batch(picks: Sequence[tuple[Crop, np.ndarray, np.random.Generator]], tr
     chunks of all of them fetched in one round of requests: on S3 a batch costs one round trip
     instead of one per sample, one after the other."""
     draws = [crop.draw(transforms, rng) for crop, _, rng in picks]
-    fetched = fetch_together([read for (crop, centre, _), draw in zip(picks, draws)
-                              for read in crop.open().array_reads(crop.boxes(centre, draw))])
-    return [to_tensors(*crop.drawn_sample(centre, transforms, draw, fetched), squeeze_z)
-            for (crop, centre, _), draw in zip(picks, draws)]
+    boxes = [crop.open().boxes(centre, draw) for (crop, centre, _), draw in zip(picks, draws)]
+    fetched = fetch_together([read for (crop, _, _), where in zip(picks, boxes) for read in crop.array_reads(where)])
+    return [to_tensors(*transformed(transforms, draw, crop.read_boxes(where, fetched)), squeeze_z)
+            for (crop, _, _), draw, where in zip(picks, draws, boxes)]
+
+
+def transformed(transforms: SampleTransforms | None, draw: SpatialDraw | None,
+                sample: tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    return sample if transforms is None else transforms.apply(draw, *sample)
 
 
 def to_tensors(raw: np.ndarray, labels: np.ndarray, squeeze_z: bool) -> tuple[torch.Tensor, torch.Tensor]:

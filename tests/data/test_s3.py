@@ -110,6 +110,14 @@ def test_local_s3_serves_the_demo_data_until_ctrl_c(demo_cache):
         server.kill()
 
 
+def cat_calls(fs, monkeypatch) -> list[list[str]]:
+    """The paths of each `fs.cat` call from now on (the calls still go to the server)."""
+    calls: list[list[str]] = []
+    real_cat = fs.cat
+    monkeypatch.setattr(fs, "cat", lambda paths, **kw: calls.append(list(paths)) or real_cat(paths, **kw))
+    return calls
+
+
 def test_a_samples_arrays_are_fetched_in_one_round_of_requests(s3_endpoint, s3_demo_bucket, s3_requests, monkeypatch):
     """The raw and every class of a sample are fetched in one fsspec call (its requests run
     concurrently), not one call per array after the other: on a bucket each call is a round trip."""
@@ -123,9 +131,7 @@ def test_a_samples_arrays_are_fetched_in_one_round_of_requests(s3_endpoint, s3_d
     info = ArrayInfo.parse({"shape": [1, 48, 48], "scale": [8, 8, 8]}, "input_array_info")
     crop = Crop(entry, ["nuc", "er", "mito"], info, info, options).open()
     fs = crop._raw.reader.fs
-    calls = []
-    real_cat = fs.cat
-    monkeypatch.setattr(fs, "cat", lambda paths, **kw: calls.append(list(paths)) or real_cat(paths, **kw))
+    calls = cat_calls(fs, monkeypatch)
     s3_requests()
     low, high = crop.bounds()
     raw, labels = crop.read((low + high) / 2)
@@ -149,11 +155,9 @@ def test_a_batch_is_fetched_in_one_round_and_equals_its_samples_read_alone(s3_en
                        input_array_info={"shape": [1, 32, 32], "scale": [8, 8, 8]}, storage_options=options,
                        train_transforms=rotate, chunk_cache_mb=0)
     fs = data.train_set.crops[0]._raw.reader.fs
-    calls = []
-    real_cat = fs.cat
-    monkeypatch.setattr(fs, "cat", lambda paths, **kw: calls.append(len(paths)) or real_cat(paths, **kw))
+    calls = cat_calls(fs, monkeypatch)
     batch = data.train_set.__getitems__(list(range(100, 108)))
-    assert len(calls) == 1 and calls[0] > 8, calls
+    assert len(calls) == 1 and len(calls[0]) > 8, [len(paths) for paths in calls]
     for i, (raw, labels) in zip(range(100, 108), batch):
         alone_raw, alone_labels = data.train_set[i]
         torch.testing.assert_close(raw, alone_raw)
