@@ -19,8 +19,9 @@ from cellmap_train.engine.checkpoint import epoch_files
 from cellmap_train.errors import ConfigError
 
 log = logging.getLogger(__name__)
-# a training step's memory over its layers' outputs, measured on the CPU (shipped 2D and 3D models, batch 2-8)
-STEP_OVERHEAD = (1.3, 2.7)
+# what a training step's activations take over its layers' outputs, measured on the CPU beside the
+# weights, gradients and optimizer state (benchmarks/memory.py: 1.30-3.84 where those outputs reach 50 MiB)
+STEP_OVERHEAD = (1.3, 3.9)
 
 
 def check_model_shape(cfg: DictConfig) -> None:
@@ -103,11 +104,12 @@ def check_pos_weight(cfg: DictConfig) -> None:
                           f"({len(classes)}: {', '.join(classes)})")
 
 
-def check_optimizer_and_scheduler(cfg: DictConfig) -> None:
+def check_optimizer_and_scheduler(cfg: DictConfig) -> int:
     """Build the configured optimizer on a stand-in parameter, its scheduler on that, and take a
     step: torch checks some values only when they are used (`scheduler=step scheduler.step_size=0`
     divides by zero at the end of the first epoch), so a bad one fails here in one line, before
-    the model is built or any data read."""
+    the model is built or any data read. Returns how many copies of the weights the optimizer's
+    state holds after that step (Adam's two moments: 2; SGD with momentum: 1; without: 0)."""
     import torch
     from hydra.utils import instantiate
 
@@ -117,15 +119,20 @@ def check_optimizer_and_scheduler(cfg: DictConfig) -> None:
     try:
         # on the CPU: a fused (device) kernel is the real parameters' device's business
         device_kernels = {"fused": None} if "fused" in cfg.optimizer else {}
-        optimizer = instantiate(cfg.optimizer, **device_kernels)([torch.nn.Parameter(torch.zeros(1))])
+        stand_in = torch.nn.Parameter(torch.zeros(2, 3))
+        optimizer = instantiate(cfg.optimizer, **device_kernels)([stand_in])
         group = "scheduler"
         scheduler = instantiate(cfg.scheduler)(optimizer)
-        optimizer.step()  # no gradient: changes nothing, but the scheduler expects it first
+        stand_in.grad = torch.zeros_like(stand_in)  # a step with a gradient makes the optimizer's state
+        optimizer.step()  # and the scheduler expects one first
         if scheduler is not None:  # one step: a run of one step takes one (OneCycleLR counts them)
             step_epoch_scheduler(scheduler, val_loss=1.0)
     except (ArithmeticError, LookupError, TypeError, ValueError) as err:
         message = str(err).strip().splitlines()[0] if str(err).strip() else ""
         raise ConfigError(f"{group} ({cfg[group].get('_target_')}): {type(err).__name__}: {message}") from err
+    # state of the parameter's own shape only (a step counter is not a copy; factored state is less)
+    state = optimizer.state.get(stand_in, {})
+    return sum(isinstance(value, torch.Tensor) and value.shape == stand_in.shape for value in state.values())
 
 
 def check_output_fits_labels(cfg: DictConfig, meta: MetaRun | None) -> None:
@@ -159,6 +166,8 @@ def check_output_fits_labels(cfg: DictConfig, meta: MetaRun | None) -> None:
 class MetaRun:
     output_shape: tuple[int, ...]  # spatial, for one sample
     kept_per_sample: int  # bytes of the layers' outputs: a lower bound of what backward keeps
+    parameter_bytes: int  # the weights'
+    trainable_bytes: int  # those that train: their gradients and each copy in the optimizer's state take as much
 
 
 def meta_forward(cfg: DictConfig) -> MetaRun | None:
@@ -186,14 +195,17 @@ def meta_forward(cfg: DictConfig) -> MetaRun | None:
                 if next(layer.children(), None) is None:
                     layer.register_forward_hook(count)
             output = model(torch.empty(1, int(cfg.model.get("in_channels", 1)), *spatial))
-        return MetaRun(tuple(output.shape[2:]), kept)
+        sizes = [(parameter.numel() * parameter.element_size(), parameter.requires_grad) for parameter in model.parameters()]
+        return MetaRun(tuple(output.shape[2:]), kept, sum(size for size, _ in sizes),
+                       sum(size for size, trains in sizes if trains))
     except Exception:  # noqa: BLE001 - whatever stops it, the real build or the loss reports it plainly
         return None
 
 
-def check_memory(cfg: DictConfig, meta: MetaRun | None, available: int | None) -> None:
-    """On the CPU, a training step needs at least the layers' outputs of a whole batch (measured:
-    STEP_OVERHEAD times that, weights and gradients included), for each torchrun rank and each
+def check_memory(cfg: DictConfig, meta: MetaRun | None, available: int | None, state_copies: int) -> None:
+    """On the CPU, a training step needs at least the layers' outputs of a whole batch, plus the
+    weights, the trained ones' gradients and `state_copies` copies in the optimizer's state (measured: the
+    activations take STEP_OVERHEAD times the layers' outputs), for each torchrun rank and each
     parallel sweep job on the machine; more than the memory available to the process would end in
     the kernel's OOM killer, which says nothing: say it here. (A GPU raises its own out-of-memory
     error at the first step, which the engine reports in one line.)"""
@@ -203,19 +215,25 @@ def check_memory(cfg: DictConfig, meta: MetaRun | None, available: int | None) -
         return
     ranks = int(os.environ.get("LOCAL_WORLD_SIZE", 1))  # torchrun: every rank on this machine needs as much
     jobs = jobs_side_by_side()  # and so does every job a parallel sweep runs beside this one
-    need = meta.kept_per_sample * int(cfg.batch_size) * ranks * jobs
+    processes = ranks * jobs
+    outputs = meta.kept_per_sample * int(cfg.batch_size)
     if OmegaConf.select(cfg, "trainer.amp"):  # bf16/fp16 autocast: layer outputs of 2 bytes, not the meta run's 4
-        need //= 2
+        outputs //= 2
+    # autocast keeps fp32 weights: all of them count in full; a frozen one has no gradient nor state
+    weights = meta.parameter_bytes + meta.trainable_bytes * (1 + state_copies)
+    need = (outputs + weights) * processes
     sharing = " x ".join(f"{count} {name}" for count, name in ((ranks, "ranks"), (jobs, "parallel jobs")) if count > 1)
     what = (f"input_array_info.shape={list(cfg.input_array_info.shape)} with batch_size={cfg.batch_size}"
             f"{f' on {sharing}' if sharing else ''} needs")
     fix = "lower batch_size or the shape (trainer.gradient_accumulation_steps=N trains on N batches per step)"
     fix += ", or run fewer jobs at once (hydra.launcher.n_jobs)" if jobs > 1 else ""
     if need > available:
-        raise ConfigError(f"{what} at least {_gib(need)} of memory for model={cfg.model_name}'s activations in a "
-                          f"training step, more than the {_gib(available)} available: {fix}")
-    least, most = (need * factor for factor in STEP_OVERHEAD)
-    if least > available:
+        raise ConfigError(f"{what} at least {_gib(need)} of memory for model={cfg.model_name}'s activations "
+                          f"({_gib(outputs * processes)}) and weights, gradients and optimizer state "
+                          f"({_gib(weights * processes)}) in a training step, more than the {_gib(available)} "
+                          f"available: {fix}")
+    least, most = ((outputs * factor + weights) * processes for factor in STEP_OVERHEAD)
+    if most > available:
         log.warning("%s about %s-%s of memory for a training step of model=%s, and %s is available: it may run out; %s",
                     what, f"{least / 2**30:.1f}", _gib(most), cfg.model_name, _gib(available), fix)
 

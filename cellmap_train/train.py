@@ -50,10 +50,10 @@ def train(cfg: DictConfig, stop: StopRequest | None = None) -> FitResult:
 
     check_model_shape(cfg)
     check_numeric_options(cfg)
-    check_optimizer_and_scheduler(cfg)
+    state_copies = check_optimizer_and_scheduler(cfg)
     meta = meta_forward(cfg)  # after the optimizer, which imports what the meta device needs
     check_output_fits_labels(cfg, meta)
-    check_memory(cfg, meta, available_bytes())
+    check_memory(cfg, meta, available_bytes(), state_copies)
     check_run_folder(cfg)
     seed_everything(cfg.seed)  # before the model, so its initial weights follow the seed
     settings = instantiate(cfg.trainer, run_dir=cfg.paths.output_dir)

@@ -1,7 +1,8 @@
 """The benchmark scripts stay runnable (they are not timed here: their figures live in
 benchmarks/RESULTS.md): a tiny engine benchmark with AMP, as a GPU session would run it; the
 layout benchmark on two models; the sweep benchmark with one pair of 2-job sweeps of one-step jobs; the rotation and
-label-transport benchmarks on small crops. benchmarks/s3.py is left out: it takes a minute and more
+label-transport benchmarks on small crops; the memory benchmark on the case that showed weights
+must count, where it also checks the preflight's floor against a real step. benchmarks/s3.py is left out: it takes a minute and more
 (its own S3 server, the demo uploaded, two runs); tests/data/test_s3.py checks the requests it counts."""
 
 from __future__ import annotations
@@ -75,3 +76,17 @@ def test_label_transport_benchmark_runs(tmp_path):
     assert sizes[-1] == "4.00x"  # float32 against uint8, measured on the batches the workers sent
     speed = next(line for line in proc.stdout.splitlines() if line.startswith("batches/s")).split()
     assert float(speed[-1].rstrip("x")) > 0
+
+
+def test_memory_benchmark_finds_the_preflight_floor_below_a_real_step(tmp_path):
+    """train_2D at batch_size=1: 0.46 GiB of weights, gradients and RAdam state beside 70 MiB of layer
+    outputs. The peak resident memory of a real step must reach the floor the preflight refuses below."""
+    proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "memory.py"), "--steps", "1",
+                           "--cases", "experiment=train_2D batch_size=1"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    row = next(line for line in proc.stdout.splitlines() if line.startswith("experiment=train_2D")).split()
+    outputs, weights, peak = (float(value.rstrip("M")) for value in row[-6:-3])
+    assert weights > 400 and outputs < 100
+    assert float(row[-3]) >= 1.0, proc.stdout  # peak / floor
+    assert float(row[-2]) > 5, proc.stdout  # peak / outputs only: what the check counted before

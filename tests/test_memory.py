@@ -13,7 +13,7 @@ import pytest
 from cellmap_train.cores import usable_cores
 from cellmap_train.errors import ConfigError
 from cellmap_train.memory import available_bytes
-from cellmap_train.preflight import check_memory, meta_forward
+from cellmap_train.preflight import check_memory, check_optimizer_and_scheduler, meta_forward
 
 GIB = 2**30
 
@@ -66,33 +66,93 @@ def demo_cfg(compose_cfg):
     return compose_cfg("experiment=demo", "device=cpu", "batch_size=4")
 
 
+def floor(cfg, meta, processes: int = 1, halved: bool = False) -> int:
+    """What the check must refuse below: layer outputs of the batch, weights, gradients and the
+    optimizer's two copies (the demo's AdamW, train_2D's RAdam), on every process."""
+    outputs = meta.kept_per_sample * int(cfg.batch_size) // (2 if halved else 1)
+    return (outputs + meta.parameter_bytes + meta.trainable_bytes * 3) * processes
+
+
 def test_a_batch_whose_activations_exceed_the_memory_is_refused(demo_cfg):
     meta = meta_forward(demo_cfg)
-    need = meta.kept_per_sample * 4
     with pytest.raises(ConfigError, match=r"input_array_info.shape=\[1, 96, 96\] with batch_size=4 needs at least "
                                           r".* GiB of memory for model=2d_unet's activations .* lower batch_size"):
-        check_memory(demo_cfg, meta, need - 1)
+        check_memory(demo_cfg, meta, floor(demo_cfg, meta) - 1, 2)
+    check_memory(demo_cfg, meta, floor(demo_cfg, meta) * 3, 2)
 
 
 def test_a_batch_that_may_not_fit_is_a_warning(demo_cfg, caplog):
     meta = meta_forward(demo_cfg)
-    need = meta.kept_per_sample * 4
+    need = floor(demo_cfg, meta)
     with caplog.at_level(logging.WARNING, logger="cellmap_train.preflight"):
-        check_memory(demo_cfg, meta, need + 1)  # more than the bare activations, less than a step has ever taken
+        check_memory(demo_cfg, meta, need + 1, 2)  # more than the floor, less than a step has ever taken
     assert "it may run out" in caplog.text
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="cellmap_train.preflight"):
-        check_memory(demo_cfg, meta, need * 3)
+        check_memory(demo_cfg, meta, need * 4, 2)
     assert caplog.text == ""
+
+
+def test_weights_gradients_and_optimizer_state_count(compose_cfg):
+    """train_2D's U-Net has 118 MiB of weights: with their gradients and RAdam's two moments 0.46
+    GiB, beside 70 MiB of layer outputs for one sample. Counting the outputs alone let it start in
+    300 MiB, to be killed by the kernel at its first optimizer step."""
+    cfg = compose_cfg("experiment=train_2D", "device=cpu", "batch_size=1")
+    meta = meta_forward(cfg)
+    assert meta.parameter_bytes > 100 * 2**20 and meta.kept_per_sample < 100 * 2**20
+    with pytest.raises(ConfigError, match=r"needs at least 0.5 GiB .* activations \(0.1 GiB\) and weights, gradients "
+                                          r"and optimizer state \(0.5 GiB\) in a training step, more than the 0.3 GiB"):
+        check_memory(cfg, meta, 300 * 2**20, check_optimizer_and_scheduler(cfg))
+    check_memory(cfg, meta, floor(cfg, meta), 2)
+    with pytest.raises(ConfigError, match="needs at least"):
+        check_memory(cfg, meta, floor(cfg, meta) - 1, 2)
+
+
+FROZEN_NET = """
+import torch
+
+class FrozenNet(torch.nn.Module):  # a frozen 64 MiB stand-in for a pretrained backbone, a small head that trains
+    def __init__(self, in_channels, out_channels):
+        super().__init__()
+        self.backbone = torch.nn.Parameter(torch.zeros(16 * 2**20), requires_grad=False)
+        self.head = torch.nn.Conv2d(in_channels, out_channels, 3, padding=1)
+
+    def forward(self, x):
+        return self.head(x)
+"""
+
+
+def test_frozen_weights_count_once(compose_cfg, tmp_path, monkeypatch):
+    (tmp_path / "frozen_nets.py").write_text(FROZEN_NET)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    cfg = compose_cfg("experiment=demo", "device=cpu", "model=custom", "model._target_=frozen_nets.FrozenNet")
+    meta = meta_forward(cfg)
+    assert meta.parameter_bytes >= 64 * 2**20 > 2**20 > meta.trainable_bytes
+    need = floor(cfg, meta)
+    assert need < meta.kept_per_sample * int(cfg.batch_size) + 65 * 2**20  # no gradient nor Adam moments for it
+    check_memory(cfg, meta, need, 2)
+    with pytest.raises(ConfigError, match="needs at least"):
+        check_memory(cfg, meta, need - 1, 2)
+
+
+@pytest.mark.parametrize("overrides,copies", [
+    ([], 2),  # AdamW: exp_avg, exp_avg_sq
+    (["optimizer=radam"], 2), (["optimizer=adam"], 2),
+    (["optimizer=sgd"], 1),  # the momentum buffer
+    (["optimizer=sgd", "optimizer.momentum=0", "optimizer.nesterov=false"], 0),
+])
+def test_the_optimizer_state_is_counted_as_the_optimizer_keeps_it(compose_cfg, overrides, copies):
+    cfg = compose_cfg("experiment=demo", *overrides)
+    assert check_optimizer_and_scheduler(cfg) == copies
 
 
 def test_every_rank_of_torchrun_on_the_machine_counts(demo_cfg, monkeypatch):
     meta = meta_forward(demo_cfg)
-    need = meta.kept_per_sample * 4
-    check_memory(demo_cfg, meta, need * 3)
+    check_memory(demo_cfg, meta, floor(demo_cfg, meta) * 3, 2)
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")
     with pytest.raises(ConfigError, match="with batch_size=4 on 4 ranks needs at least"):
-        check_memory(demo_cfg, meta, need * 3)
+        check_memory(demo_cfg, meta, floor(demo_cfg, meta) * 3, 2)
+    check_memory(demo_cfg, meta, floor(demo_cfg, meta, processes=4), 2)
 
 
 @pytest.mark.parametrize("model", ["2d_unet", "2d_resnet", "3d_unet", "vitnet"])
@@ -128,11 +188,10 @@ def test_every_job_of_a_parallel_sweep_counts(compose_cfg, monkeypatch):
     monkeypatch.setattr("cellmap_train.config.usable_cores", lambda: 8)
     cfg = compose_cfg("experiment=demo", "device=cpu", "batch_size=4", "hydra/launcher=parallel", "hydra.launcher.n_jobs=3")
     meta = meta_forward(cfg)
-    need = meta.kept_per_sample * 4
     with pytest.raises(ConfigError, match=r"with batch_size=4 on 3 parallel jobs needs at least .* run fewer jobs at "
                                           r"once \(hydra.launcher.n_jobs\)"):
-        check_memory(cfg, meta, need * 2)
-    check_memory(cfg, meta, need * 3 * 3)
+        check_memory(cfg, meta, floor(cfg, meta) * 2, 2)
+    check_memory(cfg, meta, floor(cfg, meta, processes=3), 2)
 
 
 def test_a_limit_on_a_cgroup_above_the_process_counts(tmp_path):
@@ -175,9 +234,10 @@ def test_parallel_jobs_share_the_cores_the_affinity_allows(compose_cfg, monkeypa
     assert threads_per_job() == 2
 
 
-def test_mixed_precision_halves_the_floor(compose_cfg):
+def test_mixed_precision_halves_the_layer_outputs_not_the_weights(compose_cfg):
     cfg = compose_cfg("experiment=demo", "device=cpu", "batch_size=4", "trainer.amp=bf16")
     meta = meta_forward(cfg)
-    check_memory(cfg, meta, meta.kept_per_sample * 4 * 3 // 4)  # less than fp32 layer outputs, more than bf16's
+    check_memory(cfg, meta, floor(cfg, meta, halved=True), 2)  # less than with fp32 layer outputs
+    assert floor(cfg, meta, halved=True) < floor(cfg, meta)
     with pytest.raises(ConfigError, match="needs at least"):
-        check_memory(cfg, meta, meta.kept_per_sample * 4 // 2 - 1)
+        check_memory(cfg, meta, floor(cfg, meta, halved=True) - 1, 2)
