@@ -1,7 +1,7 @@
 """The benchmark scripts stay runnable (they are not timed here: their figures live in
 benchmarks/RESULTS.md): a tiny engine benchmark with AMP, as a GPU session would run it; the
 layout benchmark on two models; the sweep benchmark with one pair of 2-job sweeps of one-step jobs; the rotation and
-label-transport benchmarks on small crops; the memory benchmark on the case that showed weights
+label-transport and mutual-exclusion benchmarks on small crops; the memory benchmark on the case that showed weights
 must count, where it also checks the preflight's floor against a real step. benchmarks/s3.py is left out: it takes a minute and more
 (its own S3 server, the demo uploaded, two runs); tests/data/test_s3.py checks the requests it counts."""
 
@@ -90,3 +90,13 @@ def test_memory_benchmark_finds_the_preflight_floor_below_a_real_step(tmp_path):
     assert weights > 400 and outputs < 100
     assert float(row[-3]) >= 1.0, proc.stdout  # peak / floor
     assert float(row[-2]) > 5, proc.stdout  # peak / outputs only: what the check counted before
+
+
+def test_mutual_exclusion_benchmark_runs(tmp_path):
+    proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "mutual_exclusion.py"), "--data-dir", str(tmp_path),
+                           "--crop-size", "64", "--shapes", "1x32x32", "--samples", "3"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    row = next(line for line in proc.stdout.splitlines() if line.startswith("1x32x32")).split()
+    known_off, known_on = (float(value.rstrip("%")) for value in row[-2:])
+    assert float(row[3].rstrip("x")) > 0 and known_on > known_off  # 45 of 48 classes gain inferred negatives

@@ -22,6 +22,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from cellmap_train.data.chunks import ChunkCache
+from cellmap_train.data.class_relations import exclusive_partners
 from cellmap_train.data.dataset import (ArrayInfo, CountingSampler, Crop, RandomCropDataset, ShardedBatches,
                                          ValidationTileDataset)
 from cellmap_train.data.datasplit import label_names_on_disk, make_datasplit_csv, read_datasplit
@@ -165,15 +166,26 @@ def _nm(values: Sequence[float]) -> str:
 
 
 def warn_of_unannotated_classes(classes: Sequence[str], crops: Mapping[str, Sequence[Crop]], datasplit_path: Path,
-                                storage_options: Mapping | None = None) -> None:
+                                storage_options: Mapping | None = None,
+                                exclusive: Sequence[tuple[int, ...]] | None = None) -> None:
     """A class that no training crop annotates gets no training signal: a misspelt name, a datasplit
     written for other classes, or the challenge's full class list trained on a few datasets (which
     its tool allows, so this warns rather than stops). The warning names what the crops do hold.
-    A class that no validation crop annotates gets a Dice of n/a every epoch."""
+    With `exclusive` (data.mutual_exclusion), such a class still learns the negatives inferred
+    from an annotated class it excludes: said apart. A class that no validation crop annotates
+    gets a Dice of n/a every epoch."""
     def annotating(usage: str) -> set[str]:
         return {cls for crop in crops[usage] for cls in crop.entry.classes}
 
-    untrained = [cls for cls in classes if cls not in annotating("train")]
+    untrained = unannotated = [cls for cls in classes if cls not in annotating("train")]
+    if exclusive:
+        trained = annotating("train")
+        negatives_only = [cls for c, cls in enumerate(classes)
+                          if cls in untrained and any(classes[o] in trained for o in exclusive[c])]
+        if negatives_only:
+            log.warning("%s: annotated in no training crop of %s; only the negatives inferred from the classes they "
+                        "exclude (data.mutual_exclusion) are learnt", _classes(negatives_only), datasplit_path)
+        untrained = [cls for cls in untrained if cls not in negatives_only]
     if untrained and crops["train"]:  # no training crop at all: the training set says so
         on_disk = label_names_on_disk([crop.entry for crop in crops["train"]], dict(storage_options or {}))
         other_scale = {cls for crop in crops["train"] for cls in crop.unavailable}  # said by keep_at_scale
@@ -182,7 +194,7 @@ def warn_of_unannotated_classes(classes: Sequence[str], crops: Mapping[str, Sequ
                 f"to list the crops again" if stale else f"; label groups in its crops: {_names(sorted(on_disk))}")
         log.warning("%s: annotated in no training crop of %s, so nothing is learnt for %s%s",
                     _classes(untrained), datasplit_path, "it" if len(untrained) == 1 else "them", hint)
-    unvalidated = [cls for cls in classes if cls not in annotating("validate") and cls not in untrained]
+    unvalidated = [cls for cls in classes if cls not in annotating("validate") and cls not in unannotated]
     if unvalidated and crops["validate"]:  # no validation crop at all: the validation set says so
         log.warning("%s: annotated in no validation crop of %s; Dice n/a every epoch",
                     _classes(unvalidated), datasplit_path)
@@ -190,6 +202,24 @@ def warn_of_unannotated_classes(classes: Sequence[str], crops: Mapping[str, Sequ
 
 def _classes(names: Sequence[str]) -> str:
     return f"{'class' if len(names) == 1 else 'classes'} {_names(names)}"
+
+
+def exclusive_classes(classes: Sequence[str], mutual_exclusion: bool) -> list[tuple[int, ...]] | None:
+    """Per class, the classes it never shares a voxel with, when `data.mutual_exclusion` asks for
+    true negatives inferred from them; None when it does not or when no two classes exclude each other."""
+    if not isinstance(mutual_exclusion, bool):
+        raise ConfigError(f"data.mutual_exclusion={mutual_exclusion!r}: must be true or false")
+    if not mutual_exclusion:
+        return None
+    partners, unknown = exclusive_partners(classes)
+    if unknown:
+        log.warning("data.mutual_exclusion: %s not among CellMap's classes: their unknown voxels stay unknown, and "
+                    "they tell nothing about the others", _names(unknown))
+    if not any(partners):
+        log.warning("data.mutual_exclusion: no two of %s exclude each other (their structures can share a voxel): "
+                    "nothing is inferred", _names(list(classes)))
+        return None
+    return partners
 
 
 def _names(names: Sequence[str], most: int = 8) -> str:
@@ -205,7 +235,7 @@ class CellMapData:
                  dataloader_kwargs: Mapping | None = None, make_demo: bool = False, train_on_validation: bool = False,
                  train_transforms: SampleTransforms | None = None, val_transforms: SampleTransforms | None = None,
                  rare_class_weight: float = 0.0, filter_by_scale: bool = False, chunk_cache_mb: float = 256,
-                 open_threads: int = 16):
+                 open_threads: int = 16, mutual_exclusion: bool = False):
         self.classes = list(classes)
         self.batch_size = int(batch_size)
         self.seed = int(seed)
@@ -216,6 +246,7 @@ class CellMapData:
         if isinstance(open_threads, bool) or not isinstance(open_threads, int) or open_threads < 1:
             raise ConfigError(f"data.open_threads={open_threads!r}: must be an integer >= 1 (crops opened at once)")
         self._loader_kwargs()  # a bad loader option fails here, before any data is made or read
+        exclusive = exclusive_classes(self.classes, mutual_exclusion)
         if make_demo:
             search_path = str(ensure_demo_data(search_path))
         self.search_path = str(search_path)
@@ -228,7 +259,7 @@ class CellMapData:
                                          scale=self.target_info.scale if filter_by_scale else None, threads=open_threads)
         # one cache per process shared by every crop (a worker gets its own, empty, of the same size)
         cache = ChunkCache(chunk_cache_mb)
-        crops = {usage: [Crop(e, self.classes, self.input_info, self.target_info, self.storage_options, cache)
+        crops = {usage: [Crop(e, self.classes, self.input_info, self.target_info, self.storage_options, cache, exclusive)
                          for e in entries if e.usage == usage and set(e.classes) & set(self.classes)]
                  for usage in ("train", "validate")}
         usages = ["validate"] if train_on_validation else ["validate", "train"]
@@ -239,7 +270,7 @@ class CellMapData:
                                          self.target_info)
         if train_on_validation:
             crops["train"] = crops["validate"]
-        warn_of_unannotated_classes(self.classes, crops, self.datasplit_path, self.storage_options)
+        warn_of_unannotated_classes(self.classes, crops, self.datasplit_path, self.storage_options, exclusive)
         self.train_set = RandomCropDataset(crops["train"], train_transforms, self.seed, weighted=weighted_sampler,
                                            rare_class_weight=rare_class_weight, threads=open_threads)
         self.val_set = ValidationTileDataset(crops["validate"], val_transforms)

@@ -76,8 +76,10 @@ class Crop:
     filesystem there); levels read through zarr are reopened in each process instead."""
 
     def __init__(self, entry: CropEntry, classes: Sequence[str], input_info: ArrayInfo, target_info: ArrayInfo,
-                 storage_options: dict | None, cache: ChunkCache | None = None):
+                 storage_options: dict | None, cache: ChunkCache | None = None,
+                 exclusive: Sequence[tuple[int, ...]] | None = None):
         self.entry, self.classes = entry, list(classes)
+        self.exclusive = exclusive  # per class, the classes it never shares a voxel with (data.mutual_exclusion)
         self.cache = cache
         self.input_info, self.target_info = input_info, target_info
         self.storage_options = storage_options or {}
@@ -174,6 +176,8 @@ class Crop:
             else np.full(boxes.label_shape, np.nan, dtype=np.float32)
             for level in self._labels.values()
         ])
+        if self.exclusive:
+            infer_negatives(labels, self.exclusive, [level is not None for level in self._labels.values()])
         return raw, labels
 
     def draw(self, transforms: SampleTransforms | None, rng: np.random.Generator) -> SpatialDraw | None:
@@ -184,6 +188,33 @@ class Crop:
         """The transformed sample at `centre`, its spatial choices drawn from `rng`."""
         draw = self.draw(transforms, rng)
         return transformed(transforms, draw, self.read(centre, draw))
+
+
+def infer_negatives(labels: np.ndarray, exclusive: Sequence[tuple[int, ...]],
+                    annotated: Sequence[bool] | None = None) -> np.ndarray:
+    """`labels` [C, *S] (NaN = unknown), in place: an unknown voxel of a class becomes 0 where a
+    class it never shares a voxel with is present. Inferred zeros are no evidence themselves, so
+    the order does not matter. `annotated[c]` False says class c is unknown everywhere (not
+    annotated in the crop): such classes are filled from one array per set of present partners
+    (48 classes share a few such sets), a copy instead of a masked write each."""
+    annotated = [True] * len(labels) if annotated is None else annotated
+    candidates = sorted({o for others in exclusive for o in others if annotated[o]})
+    present = {o: mask for o, mask in ((o, labels[o] > 0) for o in candidates) if mask.any()}
+    evidence: dict[tuple[int, ...], np.ndarray] = {}
+    filled: dict[tuple[int, ...], np.ndarray] = {}
+    for c, others in enumerate(exclusive):
+        key = tuple(o for o in others if o in present)
+        if not key:
+            continue
+        if key not in evidence:
+            evidence[key] = np.logical_or.reduce([present[o] for o in key])
+        if annotated[c]:
+            np.putmask(labels[c], evidence[key] & np.isnan(labels[c]), 0)
+            continue
+        if key not in filled:
+            filled[key] = np.where(evidence[key], np.float32(0), np.float32(np.nan))
+        labels[c] = filled[key]
+    return labels
 
 
 @dataclass(frozen=True)

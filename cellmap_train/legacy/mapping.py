@@ -45,10 +45,10 @@ SIMPLE = {
     "gradient_accumulation_steps": ("trainer.gradient_accumulation_steps", INTEGER),
     "max_grad_norm": ("trainer.max_grad_norm", optional(NUMBER)),
     "weighted_sampler": ("data.weighted_sampler", BOOLEAN),
+    "use_mutual_exclusion": ("data.mutual_exclusion", BOOLEAN),
     "filter_by_scale": ("data.filter_by_scale", (lambda v: isinstance(v, (bool, Real, list, tuple)), "a bool, a scale or a list of scales")),
 }
 UNSUPPORTED = {
-    "use_mutual_exclusion": "mutually exclusive class relations are not supported",
     "smoothing_window": "best-epoch smoothing by a window is not supported (see trainer.best_metric_ema)",
     "debug_memory": "memory debugging is not supported",
 }

@@ -5,3 +5,4 @@ weighted_sampler = False
 force_all_classes = True
 dataloader_kwargs = {"num_workers": 1, "pin_memory": False}
 validation_batch_limit = 5
+use_mutual_exclusion = True
