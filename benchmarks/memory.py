@@ -87,7 +87,7 @@ def measure(overrides: list[str], steps: int) -> dict:
     model = build_model(cfg.model, cfg.get("model_kwargs"))
     channels_last = apply_layout(model, cfg.trainer.get("channels_last"), torch.device("cpu"))
     optimizer = instantiate(cfg.optimizer)(model.parameters())
-    criterion = instantiate(cfg.loss)
+    criterion = instantiate(cfg.loss, **({"pos_weight": None} if cfg.loss.get("pos_weight") == "auto" else {}))  # no data here
     shape = list(cfg.input_array_info.shape)
     spatial = shape[1:] if shape[0] == 1 else shape
     autocast = torch.autocast("cpu", dtype=getattr(torch, {"bf16": "bfloat16", "fp16": "float16"}[amp])) if amp \

@@ -92,16 +92,17 @@ def check_numeric_options(cfg: DictConfig, groups: tuple[str, ...] = ("optimizer
 
 
 def check_pos_weight(cfg: DictConfig) -> None:
-    """loss.pos_weight: one positive number, or one per class (the challenge's weight_loss)."""
+    """loss.pos_weight: one positive number, one per class, or auto (from the data: the
+    challenge's weight_loss)."""
     weight = cfg.loss.get("pos_weight") if isinstance(cfg.get("loss"), DictConfig) else None
-    if weight is None:
+    if weight is None or weight == "auto":
         return
     values = list(weight) if isinstance(weight, ListConfig) else [weight]
     classes = list(cfg.classes)
     if not (all(_is_number(v) and v > 0 for v in values) and len(values) in (1, len(classes))):
         shown = OmegaConf.to_container(weight) if isinstance(weight, ListConfig) else weight
-        raise ConfigError(f"loss.pos_weight={shown!r}: must be a positive number, or one per class "
-                          f"({len(classes)}: {', '.join(classes)})")
+        raise ConfigError(f"loss.pos_weight={shown!r}: must be a positive number, one per class "
+                          f"({len(classes)}: {', '.join(classes)}), or auto (from the training crops)")
 
 
 def check_optimizer_and_scheduler(cfg: DictConfig) -> int:

@@ -60,11 +60,12 @@ def train(cfg: DictConfig, stop: StopRequest | None = None) -> FitResult:
     model = build_model(cfg.model, cfg.get("model_kwargs"))
     optimizer = instantiate(cfg.optimizer)(model.parameters())
     scheduler = instantiate(cfg.scheduler)(optimizer)
-    criterion = instantiate(cfg.loss)
     ranks = distributed.init()  # a no-op outside torchrun
     with distributed.main_first(ranks):  # rank 0 makes the demo data and the datasplit; the others read them
         data = instantiate(cfg.data, datasplit_path=run_path(cfg, cfg.datasplit_path),
                            train_transforms=instantiate(cfg.transforms.train), val_transforms=instantiate(cfg.transforms.val))
+    weights_from_data = OmegaConf.select(cfg, "loss.pos_weight") == "auto"  # the challenge's weight_loss
+    criterion = instantiate(cfg.loss, **({"pos_weight": data.positive_weights()} if weights_from_data else {}))
     if not ranks.is_main:  # only rank 0 writes logs
         return fit(settings, model, optimizer, scheduler, criterion, data, None, stop=stop)
     logger = instantiate(cfg.logger, log_dir=run_path(cfg, cfg.logs_save_path))

@@ -24,7 +24,7 @@ from torch.utils.data import DataLoader
 from cellmap_train.data.chunks import ChunkCache
 from cellmap_train.data.class_relations import exclusive_partners
 from cellmap_train.data.dataset import (ArrayInfo, CountingSampler, Crop, RandomCropDataset, ShardedBatches,
-                                         ValidationTileDataset)
+                                         ValidationTileDataset, positive_weights)
 from cellmap_train.data.datasplit import label_names_on_disk, make_datasplit_csv, read_datasplit
 from cellmap_train.data.demo import ensure_demo_data
 from cellmap_train.data.ngff import MissingScaleError, map_concurrently
@@ -245,6 +245,7 @@ class CellMapData:
         self.dataloader_kwargs = dict(dataloader_kwargs or {})
         if isinstance(open_threads, bool) or not isinstance(open_threads, int) or open_threads < 1:
             raise ConfigError(f"data.open_threads={open_threads!r}: must be an integer >= 1 (crops opened at once)")
+        self.open_threads = open_threads
         self._loader_kwargs()  # a bad loader option fails here, before any data is made or read
         exclusive = exclusive_classes(self.classes, mutual_exclusion)
         if make_demo:
@@ -277,6 +278,14 @@ class CellMapData:
         if len(self.val_set) == 0:
             why = "; validation_prob=0 leaves none (validation judges the best epoch)" if validation_prob == 0 else ""
             raise DataError(f"{self.datasplit_path}: no validation crops with any of {self.classes}{why}")
+
+    def positive_weights(self) -> list[float]:
+        """`loss.pos_weight=auto` (the challenge's weight_loss): per class, background over
+        foreground volume in the training crops, read from their coarsest levels."""
+        weights = positive_weights(self.train_set.crops, self.open_threads)
+        log.info("loss.pos_weight=auto (background / foreground in the training crops): %s",
+                 ", ".join(f"{cls} {weight:.3g}" for cls, weight in zip(self.classes, weights)))
+        return [float(weight) for weight in weights]
 
     @property
     def spatial_dims(self) -> int:

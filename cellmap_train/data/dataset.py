@@ -87,6 +87,7 @@ class Crop:
         self._labels: dict[str, ScaleLevel | None] | None = None
         self._pid: int | None = None
         self.unavailable: dict[str, str] = {}  # class -> why it has no level at the target's voxel size
+        self._volumes: tuple[np.ndarray, np.ndarray] | None = None  # class_volumes(), once read
 
     def __getstate__(self):
         state = {**self.__dict__, "_pid": None}
@@ -129,17 +130,26 @@ class Crop:
         low, high = self.bounds()
         return float(np.prod(high - low)) * len(self.known)
 
+    def class_volumes(self) -> tuple[np.ndarray, np.ndarray]:
+        """Per requested class, the volume (nm^3) of its foreground and of its known voxels here
+        (0 where not annotated), counted on the coarsest level so the whole array fits in memory.
+        Read once: the rare-class weights and `loss.pos_weight=auto` both ask."""
+        if self._volumes is None:
+            foreground, known = np.zeros(len(self.classes)), np.zeros(len(self.classes))
+            for c, cls in enumerate(self.classes):
+                if cls in self.entry.classes:
+                    level = coarsest_level(self.entry.label_url(cls), self.storage_options)
+                    labels = level.encoding.decode(np.asarray(level.array[...]))
+                    voxel = float(np.prod(level.scale))
+                    is_known = ~np.isnan(labels)
+                    known[c], foreground[c] = is_known.sum() * voxel, (labels[is_known] > 0).sum() * voxel
+            self._volumes = foreground, known
+        return self._volumes
+
     def foreground_fractions(self) -> np.ndarray:
-        """Per requested class, the foreground fraction of its known voxels (0 where not
-        annotated), counted on the coarsest level so the whole array fits in memory."""
-        fractions = np.zeros(len(self.classes))
-        for c, cls in enumerate(self.classes):
-            if cls in self.entry.classes:
-                level = coarsest_level(self.entry.label_url(cls), self.storage_options)
-                labels = level.encoding.decode(np.asarray(level.array[...]))
-                known = ~np.isnan(labels)
-                fractions[c] = float((labels[known] > 0).mean()) if known.any() else 0.0
-        return fractions
+        """Per requested class, the foreground fraction of its known voxels (0 where not annotated)."""
+        foreground, known = self.class_volumes()
+        return np.divide(foreground, known, out=np.zeros_like(known), where=known > 0)
 
     def boxes(self, centre: np.ndarray, draw: SpatialDraw | None = None) -> SampleBoxes:
         """Where the sample centred at world point `centre` (nm) lies: snapped to the label grid
@@ -267,6 +277,14 @@ def crop_probabilities(crops: Sequence[Crop], weighted: bool, rare_class_weight:
     per_class = (mass[:, present] / totals[present]).mean(axis=1)
     mixed = (1 - rare_class_weight) * base + rare_class_weight * per_class
     return mixed / mixed.sum()
+
+
+def positive_weights(crops: Sequence[Crop], threads: int = 1) -> np.ndarray:
+    """Per class, its background over its foreground volume in `crops` (the challenge's
+    weight_loss, BCE's pos_weight): a class with 1 % foreground gets 99. 1 for a class without
+    foreground here, whose positive term is then never used."""
+    foreground, known = (np.sum(volumes, axis=0) for volumes in zip(*map_concurrently(Crop.class_volumes, crops, threads)))
+    return np.divide(known - foreground, foreground, out=np.ones_like(known), where=foreground > 0)
 
 
 class RandomCropDataset(Dataset):

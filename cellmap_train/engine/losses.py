@@ -33,6 +33,9 @@ class MaskedBCELoss(nn.Module):
 
     def __init__(self, pos_weight: float | Sequence[float] | None = None):
         super().__init__()
+        if isinstance(pos_weight, str):  # `auto` is worked out from the training crops by a run, before the loss is made
+            raise ConfigError(f"pos_weight={pos_weight!r}: give numbers here (a run turns loss.pos_weight=auto into "
+                              f"them: CellMapData.positive_weights())")
         weight = None if pos_weight is None else torch.as_tensor(pos_weight, dtype=torch.float32).reshape(-1)
         self.register_buffer("pos_weight", weight, persistent=False)
 

@@ -169,9 +169,9 @@ def map_data_options(plan: Plan, values: dict) -> None:
     plan.set("data.force_all_classes", force)
     for key, value in dict_of(plan, values, "dataloader_kwargs").items():
         plan.set(f"data.dataloader_kwargs.{key}", value)
-    if values.get("weight_loss", True) and "pos_weight" not in dict_of(plan, values, "criterion_kwargs"):
-        if "weight_loss" in values:
-            plan.note("weight_loss", "class weights from the data are not computed; set loss.pos_weight to weight classes")
+    weight_loss = check(plan, "weight_loss", values.get("weight_loss", True), BOOLEAN)  # on unless the file says not
+    if weight_loss and "pos_weight" not in dict_of(plan, values, "criterion_kwargs"):
+        plan.set("loss.pos_weight", "auto")  # per class background / foreground in the training crops, as the challenge
     if "low_is_best" in values:
         plan.set("trainer.best_metric", "loss/val")  # the challenge ranks epochs by validation loss
         plan.set("trainer.low_is_best", check(plan, "low_is_best", values["low_is_best"], BOOLEAN))

@@ -181,6 +181,7 @@ def test_example_train_2d_translates_to_the_challenge_setup(compose_cfg):
     assert cfg.optimizer._target_ == "torch.optim.RAdam" and cfg.optimizer.decoupled_weight_decay is True
     assert cfg.validation_time_limit == 60 and cfg.data.filter_by_scale is True and cfg.data.make_demo is False
     assert dict(cfg.transforms.train.spatial.rotate)["z"] == [-180, 180]
+    assert cfg.loss.pos_weight == "auto"  # weight_loss, on by default
 
 
 def test_example_train_3d_translates_to_the_challenge_setup(compose_cfg):

@@ -23,7 +23,7 @@ DEFAULTS = {
     "input_array_info": ARRAY_128, "target_array_info": ARRAY_128,
     "optimizer._target_": "torch.optim.RAdam", "optimizer.decoupled_weight_decay": True, "optimizer.lr": 1e-4,
     "scheduler._target_": "torch.optim.lr_scheduler.ConstantLR", "loss._target_": "cellmap_train.engine.losses.MaskedBCELoss",
-    "data.force_all_classes": "validate", "data.make_demo": False,
+    "data.force_all_classes": "validate", "data.make_demo": False, "loss.pos_weight": "auto",
 }
 ADAMW, ADAM = "torch.optim.AdamW", "torch.optim.Adam"
 TABLE = {
@@ -138,3 +138,5 @@ def test_translated_config_trains_two_steps(compose_cfg, run_cli, tmp_path, name
     proc = run_cli(*translated, *small_overrides(cfg), f"hydra.run.dir={tmp_path / 'run'}", check=True)
     assert "epoch 1/1" in proc.stdout + proc.stderr
     assert list((tmp_path / "run" / "checkpoints").glob("*_1.pth"))
+    if "loss.pos_weight=auto" in translated:  # weight_loss, the challenge's default: weights from the demo crops
+        assert "loss.pos_weight=auto (background / foreground in the training crops): nuc " in proc.stdout + proc.stderr

@@ -56,8 +56,8 @@ CASES = {
     # torch accepts it and divides by zero at the end of the first epoch
     "scheduler_step_size_zero": (["scheduler=step", "scheduler.step_size=0"],
                                  "scheduler (torch.optim.lr_scheduler.StepLR): ZeroDivisionError: integer modulo by zero"),
-    "loss_weight_per_class": (["loss.pos_weight=[1,2]"], "loss.pos_weight=[1, 2]: must be a positive number, or one per "
-                                                          "class (3: nuc, er, mito)"),
+    "loss_weight_per_class": (["loss.pos_weight=[1,2]"], "loss.pos_weight=[1, 2]: must be a positive number, one per "
+                                                          "class (3: nuc, er, mito), or auto (from the training crops)"),
     "loss_weight_text": (["loss.pos_weight=abc"], "loss.pos_weight='abc': must be a positive number"),
     "negative_clipping": (["trainer.max_grad_norm=-1"], "trainer.max_grad_norm must be null or > 0, got -1"),
     "model_kwargs_a_number": (["model_kwargs=10"], "model_kwargs=10: must be a mapping of model arguments"),
