@@ -284,13 +284,14 @@ def interrupted(stop: StopRequest, info: distributed.DistInfo, path: Path, resul
 
 def find_checkpoint(settings: TrainSettings) -> tuple[int, Path] | None:
     """(epoch, path) for load_model=latest (highest epoch in the name) or best (the best
-    `best_metric`, or its EMA, in the TensorBoard logs, among the files that exist)."""
+    `best_metric`, or its EMA, in the TensorBoard logs, among the files that exist; averaged
+    over `smoothing_window` epochs around each, as the challenge does)."""
     template = Path(settings.run_dir) / settings.model_save_path
     if settings.load_model == "latest":
         return latest_checkpoint(template, settings.model_to_load)
     files = epoch_files(template, settings.model_to_load)
     log_dir = format_path(Path(settings.run_dir) / settings.logs_save_path, settings.model_to_load, "")
-    epoch = best_epoch_from_logs(log_dir, ranking_tag(settings), settings.low_is_best, among=files)
+    epoch = best_epoch_from_logs(log_dir, ranking_tag(settings), settings.low_is_best, settings.smoothing_window, among=files)
     return (epoch, files[epoch]) if epoch is not None else None
 
 

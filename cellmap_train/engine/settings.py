@@ -36,6 +36,7 @@ class TrainSettings:
     best_metric: str = "dice/mean"
     low_is_best: bool = False
     best_metric_ema: float | None = None  # e.g. 0.9: rank epochs by an EMA of best_metric (nnU-Net)
+    smoothing_window: int = 1  # load_model=best: rank epochs by the mean over this many around each (the challenge's)
     keep_last: int | None = None  # checkpoints kept besides the best one (None = all)
     early_stopping_patience: int | None = None  # epochs without a new best before stopping
     progress_bar: bool = True
@@ -57,6 +58,8 @@ class TrainSettings:
             ("{epoch}" in str(self.model_save_path), f"model_save_path must contain '{{epoch}}', got {self.model_save_path!r}"),
             (self.scheduler_interval in ("auto", "epoch", "step"), f"trainer.scheduler_interval must be auto, epoch or step, got {self.scheduler_interval!r}"),
             (self.best_metric_ema is None or 0 <= self.best_metric_ema < 1, f"trainer.best_metric_ema must be null or in [0, 1), got {self.best_metric_ema}"),
+            (isinstance(self.smoothing_window, int) and not isinstance(self.smoothing_window, bool)
+             and self.smoothing_window >= 1, f"trainer.smoothing_window must be an integer >= 1, got {self.smoothing_window!r}"),
             (_none_or_at_least(self.keep_last, 1), f"trainer.keep_last must be null or >= 1, got {self.keep_last}"),
             (_none_or_at_least(self.early_stopping_patience, 1), f"trainer.early_stopping_patience must be null or >= 1, got {self.early_stopping_patience}"),
             (self.max_grad_norm is None or self.max_grad_norm > 0, f"trainer.max_grad_norm must be null or > 0, got {self.max_grad_norm}"),

@@ -46,10 +46,10 @@ SIMPLE = {
     "max_grad_norm": ("trainer.max_grad_norm", optional(NUMBER)),
     "weighted_sampler": ("data.weighted_sampler", BOOLEAN),
     "use_mutual_exclusion": ("data.mutual_exclusion", BOOLEAN),
+    "smoothing_window": ("trainer.smoothing_window", INTEGER),
     "filter_by_scale": ("data.filter_by_scale", (lambda v: isinstance(v, (bool, Real, list, tuple)), "a bool, a scale or a list of scales")),
 }
 UNSUPPORTED = {
-    "smoothing_window": "best-epoch smoothing by a window is not supported (see trainer.best_metric_ema)",
     "debug_memory": "memory debugging is not supported",
 }
 SPATIAL_AXES = "zyx"

@@ -86,6 +86,8 @@ def test_load_model_best_uses_best_metric_or_its_ema(tmp_path, make_settings):
     write_scalars(tmp_path / "tensorboard" / "tiny", "dice/mean_ema", {1: 0.2, 2: 0.27, 3: 0.3})
     assert find_checkpoint(make_settings(load_model="best"))[0] == 2
     assert find_checkpoint(make_settings(load_model="best", best_metric_ema=0.9))[0] == 3
+    # the challenge's smoothing_window: epoch 3's mean of (0.9, 0.5, 0.5) beats epoch 2's (0.2, 0.9, 0.5)
+    assert find_checkpoint(make_settings(load_model="best", smoothing_window=3))[0] == 3
     assert find_checkpoint(make_settings(load_model="latest"))[0] == 3
 
 

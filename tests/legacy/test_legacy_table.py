@@ -79,7 +79,7 @@ TABLE = {
                             "trainer.low_is_best": True, "trainer.best_metric": "loss/val", "data.weighted_sampler": False,
                             "data.force_all_classes": True, "data.dataloader_kwargs.num_workers": 1,
                             "data.dataloader_kwargs.pin_memory": False, "validation_batch_limit": 5,
-                            "data.mutual_exclusion": True},
+                            "data.mutual_exclusion": True, "trainer.smoothing_window": 3},
     "c25_control_flow": {"batch_size": 3, "classes": ["nuc", "er", "mito"], "model.out_channels": 3, "epochs": 5,
                          "iterations_per_epoch": 6, "input_array_info": {"shape": [1, 64, 64], "scale": [8, 8, 8]},
                          "target_array_info": {"shape": [1, 64, 64], "scale": [8, 8, 8]}},

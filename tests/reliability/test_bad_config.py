@@ -60,6 +60,7 @@ CASES = {
                                                           "class (3: nuc, er, mito), or auto (from the training crops)"),
     "loss_weight_text": (["loss.pos_weight=abc"], "loss.pos_weight='abc': must be a positive number"),
     "negative_clipping": (["trainer.max_grad_norm=-1"], "trainer.max_grad_norm must be null or > 0, got -1"),
+    "smoothing_window_zero": (["trainer.smoothing_window=0"], "trainer.smoothing_window must be an integer >= 1, got 0"),
     "model_kwargs_a_number": (["model_kwargs=10"], "model_kwargs=10: must be a mapping of model arguments"),
     # a group removed with ~group: the user most likely meant "none of these", which only the scheduler has
     "scheduler_removed": (["~scheduler"], "scheduler: removed from the config, but every run needs one: choose one with "

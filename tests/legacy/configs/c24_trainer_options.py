@@ -6,3 +6,4 @@ force_all_classes = True
 dataloader_kwargs = {"num_workers": 1, "pin_memory": False}
 validation_batch_limit = 5
 use_mutual_exclusion = True
+smoothing_window = 3
