@@ -8,8 +8,10 @@ figures (the layer outputs of a batch from the meta-device run, the weights, the
 copies of them), then builds the model and optimizer as a run does (channels-last on the CPU,
 autocast with `trainer.amp`), takes `--steps` steps on random batches and reads its peak resident
 memory (ru_maxrss) over what it held before the model was built. Printed per case:
-- `floor`: the preflight's lower bound, layer outputs + weights x (2 + the optimizer's copies);
-  `outputs only`: the bound before weights, gradients and optimizer state were counted;
+- `floor`: the model's part of the preflight's lower bound, layer outputs + weights x (2 + the
+  optimizer's copies) (the preflight adds the DataLoader's batches in flight, which these steps,
+  on batches made in place, do not hold); `outputs only`: the bound before weights, gradients
+  and optimizer state were counted;
 - `peak / floor` and `peak / outputs only`: at least 1 where the bound is a bound;
 - `factor`: (peak - weights part) / layer outputs, what STEP_OVERHEAD in preflight.py brackets.
 `--big` adds experiment=train_3D at batch_size=1 (about 8 GiB, minutes on a CPU).

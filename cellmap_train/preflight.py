@@ -10,6 +10,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 from hydra.utils import get_object
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
@@ -205,11 +206,12 @@ def meta_forward(cfg: DictConfig) -> MetaRun | None:
 
 def check_memory(cfg: DictConfig, meta: MetaRun | None, available: int | None, state_copies: int) -> None:
     """On the CPU, a training step needs at least the layers' outputs of a whole batch, plus the
-    weights, the trained ones' gradients and `state_copies` copies in the optimizer's state (measured: the
-    activations take STEP_OVERHEAD times the layers' outputs), for each torchrun rank and each
-    parallel sweep job on the machine; more than the memory available to the process would end in
-    the kernel's OOM killer, which says nothing: say it here. (A GPU raises its own out-of-memory
-    error at the first step, which the engine reports in one line.)"""
+    weights, the trained ones' gradients and `state_copies` copies in the optimizer's state
+    (measured: the activations take STEP_OVERHEAD times the layers' outputs), plus the batches the
+    DataLoader keeps in flight, for each torchrun rank and each parallel sweep job on the machine;
+    more than the memory available to the process would end in the kernel's OOM killer, which says
+    nothing: say it here. (A GPU raises its own out-of-memory error at the first step, which the
+    engine reports in one line.)"""
     from cellmap_train.engine.settings import pick_device
 
     if meta is None or available is None or pick_device(cfg.get("device")).type != "cpu":
@@ -222,21 +224,43 @@ def check_memory(cfg: DictConfig, meta: MetaRun | None, available: int | None, s
         outputs //= 2
     # autocast keeps fp32 weights: all of them count in full; a frozen one has no gradient nor state
     weights = meta.parameter_bytes + meta.trainable_bytes * (1 + state_copies)
-    need = (outputs + weights) * processes
+    batches = batches_in_flight(cfg)
+    loading = batches * batch_bytes(cfg)
+    need = (outputs + weights + loading) * processes
     sharing = " x ".join(f"{count} {name}" for count, name in ((ranks, "ranks"), (jobs, "parallel jobs")) if count > 1)
     what = (f"input_array_info.shape={list(cfg.input_array_info.shape)} with batch_size={cfg.batch_size}"
             f"{f' on {sharing}' if sharing else ''} needs")
     fix = "lower batch_size or the shape (trainer.gradient_accumulation_steps=N trains on N batches per step)"
     fix += ", or run fewer jobs at once (hydra.launcher.n_jobs)" if jobs > 1 else ""
+    fix += ", or keep fewer batches in flight (data.dataloader_kwargs: num_workers x prefetch_factor)" if batches > 1 else ""
     if need > available:
         raise ConfigError(f"{what} at least {_gib(need)} of memory for model={cfg.model_name}'s activations "
-                          f"({_gib(outputs * processes)}) and weights, gradients and optimizer state "
-                          f"({_gib(weights * processes)}) in a training step, more than the {_gib(available)} "
-                          f"available: {fix}")
-    least, most = ((outputs * factor + weights) * processes for factor in STEP_OVERHEAD)
+                          f"({_gib(outputs * processes)}), weights, gradients and optimizer state "
+                          f"({_gib(weights * processes)}) and {batches} batches in flight ({_gib(loading * processes)}) "
+                          f"in a training step, more than the {_gib(available)} available: {fix}")
+    least, most = ((outputs * factor + weights + loading) * processes for factor in STEP_OVERHEAD)
     if most > available:
         log.warning("%s about %s-%s of memory for a training step of model=%s, and %s is available: it may run out; %s",
                     what, f"{least / 2**30:.1f}", _gib(most), cfg.model_name, _gib(available), fix)
+
+
+def batches_in_flight(cfg: DictConfig) -> int:
+    """Training batches held at once: each DataLoader worker prepares `prefetch_factor` (torch's
+    default 2) and the step holds one more."""
+    loader = OmegaConf.select(cfg, "data.dataloader_kwargs") or {}
+    workers = int(loader.get("num_workers") or 0)
+    return workers * int(loader.get("prefetch_factor") or 2) + 1 if workers else 1
+
+
+def batch_bytes(cfg: DictConfig) -> int:
+    """One training batch as the DataLoader hands it over: float32 raw; labels of one byte a voxel
+    and class (BinarizeLabels' uint8), or four (float32: its dtype=float32 or no target transform)."""
+    inputs = ArrayInfo.parse(cfg.input_array_info, "input_array_info")
+    labels = ArrayInfo.parse(cfg.target_array_info, "target_array_info")
+    target = OmegaConf.select(cfg, "transforms.train.target")
+    label_size = 1 if target is not None and target.get("dtype", "uint8") == "uint8" else 4
+    raw = int(cfg.model.get("in_channels", 1)) * int(np.prod(inputs.shape)) * 4
+    return int(cfg.batch_size) * (raw + len(cfg.classes) * int(np.prod(labels.shape)) * label_size)
 
 
 def _gib(size: float) -> str:

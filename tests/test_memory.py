@@ -13,7 +13,8 @@ import pytest
 from cellmap_train.cores import usable_cores
 from cellmap_train.errors import ConfigError
 from cellmap_train.memory import available_bytes
-from cellmap_train.preflight import check_memory, check_optimizer_and_scheduler, meta_forward
+from cellmap_train.preflight import (batch_bytes, batches_in_flight, check_memory, check_optimizer_and_scheduler,
+                                    meta_forward)
 
 GIB = 2**30
 
@@ -68,9 +69,34 @@ def demo_cfg(compose_cfg):
 
 def floor(cfg, meta, processes: int = 1, halved: bool = False) -> int:
     """What the check must refuse below: layer outputs of the batch, weights, gradients and the
-    optimizer's two copies (the demo's AdamW, train_2D's RAdam), on every process."""
+    optimizer's two copies (the demo's AdamW, train_2D's RAdam), the loader's batches in flight,
+    on every process."""
     outputs = meta.kept_per_sample * int(cfg.batch_size) // (2 if halved else 1)
-    return (outputs + meta.parameter_bytes + meta.trainable_bytes * 3) * processes
+    loading = batches_in_flight(cfg) * batch_bytes(cfg)
+    return (outputs + meta.parameter_bytes + meta.trainable_bytes * 3 + loading) * processes
+
+
+def test_batches_in_flight_are_the_workers_prefetch_and_the_step(compose_cfg):
+    cfg = compose_cfg("experiment=demo", "batch_size=4")  # 1 worker, prefetch_factor 4; [1, 96, 96], 3 classes
+    assert batches_in_flight(cfg) == 5 and batch_bytes(cfg) == 4 * (96 * 96 * 4 + 3 * 96 * 96 * 1)
+    cfg = compose_cfg("experiment=demo", "batch_size=4", "transforms.train.target.dtype=float32",
+                      "data.dataloader_kwargs.num_workers=3", "data.dataloader_kwargs.prefetch_factor=null")  # torch's default: 2
+    assert batches_in_flight(cfg) == 7 and batch_bytes(cfg) == 4 * (96 * 96 * 4 + 3 * 96 * 96 * 4)
+    cfg = compose_cfg("experiment=demo", "data.dataloader_kwargs={num_workers:0}")
+    assert batches_in_flight(cfg) == 1
+
+
+def test_batches_a_loader_keeps_in_flight_count(compose_cfg):
+    """train_3D's batch is 0.8 GiB (48 classes of 128^3 uint8 labels); 2 workers x prefetch 4 keep
+    eight of them in shared memory beside the one the step uses: 7.3 GiB nothing else counted."""
+    cfg = compose_cfg("experiment=demo", "device=cpu", "batch_size=4", "data.dataloader_kwargs.num_workers=8",
+                      "data.dataloader_kwargs.prefetch_factor=64")
+    meta = meta_forward(cfg)
+    assert batches_in_flight(cfg) * batch_bytes(cfg) > 5 * meta.kept_per_sample * 4  # here the batches outweigh all
+    with pytest.raises(ConfigError, match=r"and 513 batches in flight \(0.1 GiB\) in a training step, .* or keep fewer "
+                                          r"batches in flight \(data.dataloader_kwargs: num_workers x prefetch_factor\)"):
+        check_memory(cfg, meta, floor(cfg, meta) - 1, 2)
+    check_memory(cfg, meta, floor(cfg, meta), 2)
 
 
 def test_a_batch_whose_activations_exceed_the_memory_is_refused(demo_cfg):
@@ -100,8 +126,9 @@ def test_weights_gradients_and_optimizer_state_count(compose_cfg):
     cfg = compose_cfg("experiment=train_2D", "device=cpu", "batch_size=1")
     meta = meta_forward(cfg)
     assert meta.parameter_bytes > 100 * 2**20 and meta.kept_per_sample < 100 * 2**20
-    with pytest.raises(ConfigError, match=r"needs at least 0.5 GiB .* activations \(0.1 GiB\) and weights, gradients "
-                                          r"and optimizer state \(0.5 GiB\) in a training step, more than the 0.3 GiB"):
+    with pytest.raises(ConfigError, match=r"needs at least 0.5 GiB .* activations \(0.1 GiB\), weights, gradients "
+                                          r"and optimizer state \(0.5 GiB\) and 9 batches in flight \(0.0 GiB\) in a "
+                                          r"training step, more than the 0.3 GiB"):
         check_memory(cfg, meta, 300 * 2**20, check_optimizer_and_scheduler(cfg))
     check_memory(cfg, meta, floor(cfg, meta), 2)
     with pytest.raises(ConfigError, match="needs at least"):
@@ -129,7 +156,8 @@ def test_frozen_weights_count_once(compose_cfg, tmp_path, monkeypatch):
     meta = meta_forward(cfg)
     assert meta.parameter_bytes >= 64 * 2**20 > 2**20 > meta.trainable_bytes
     need = floor(cfg, meta)
-    assert need < meta.kept_per_sample * int(cfg.batch_size) + 65 * 2**20  # no gradient nor Adam moments for it
+    loading = batches_in_flight(cfg) * batch_bytes(cfg)
+    assert need < meta.kept_per_sample * int(cfg.batch_size) + loading + 65 * 2**20  # no gradient nor Adam moments for it
     check_memory(cfg, meta, need, 2)
     with pytest.raises(ConfigError, match="needs at least"):
         check_memory(cfg, meta, need - 1, 2)
