@@ -73,6 +73,11 @@ def test_classes_that_can_all_overlap_or_are_unknown_are_warned_about(demo_root,
     assert all(crop.exclusive is None for crop in data.train_set.crops)
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="cellmap_train.data.datamodule"):
+        data = make_data(demo_root, tmp_path / "mine", classes=["nuc", "mito", "my_class"], mutual_exclusion=True)
+    assert "data.mutual_exclusion: my_class not among CellMap's classes" in caplog.text
+    assert data.train_set.crops[0].exclusive == [(1,), (0,), ()]  # nuc and mito still inform each other
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="cellmap_train.data.datamodule"):
         make_data(demo_root, tmp_path / "other", classes=["nuc", "er", "mito"], mutual_exclusion=False)
     assert "mutual_exclusion" not in caplog.text
 
