@@ -75,14 +75,12 @@ def measure(overrides: list[str], steps: int) -> dict:
 
     from cellmap_train.engine.layout import apply_layout, to_channels_last
     from cellmap_train.models.build import build_model
-    from cellmap_train.preflight import check_optimizer_and_scheduler, meta_forward
+    from cellmap_train.preflight import check_optimizer_and_scheduler, meta_forward, model_bytes
 
     cfg = compose(overrides)
     copies = check_optimizer_and_scheduler(cfg)
-    meta = meta_forward(cfg)
+    outputs, weights = model_bytes(cfg, meta_forward(cfg), copies)
     amp = cfg.trainer.get("amp")
-    outputs = meta.kept_per_sample * int(cfg.batch_size) // (2 if amp else 1)
-    weights = meta.parameter_bytes + meta.trainable_bytes * (1 + copies)
 
     torch.manual_seed(0)
     before = resident_bytes()

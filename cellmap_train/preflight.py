@@ -219,11 +219,7 @@ def check_memory(cfg: DictConfig, meta: MetaRun | None, available: int | None, s
     ranks = int(os.environ.get("LOCAL_WORLD_SIZE", 1))  # torchrun: every rank on this machine needs as much
     jobs = jobs_side_by_side()  # and so does every job a parallel sweep runs beside this one
     processes = ranks * jobs
-    outputs = meta.kept_per_sample * int(cfg.batch_size)
-    if OmegaConf.select(cfg, "trainer.amp"):  # bf16/fp16 autocast: layer outputs of 2 bytes, not the meta run's 4
-        outputs //= 2
-    # autocast keeps fp32 weights: all of them count in full; a frozen one has no gradient nor state
-    weights = meta.parameter_bytes + meta.trainable_bytes * (1 + state_copies)
+    outputs, weights = model_bytes(cfg, meta, state_copies)
     batches = batches_in_flight(cfg)
     loading = batches * batch_bytes(cfg)
     need = (outputs + weights + loading) * processes
@@ -242,6 +238,16 @@ def check_memory(cfg: DictConfig, meta: MetaRun | None, available: int | None, s
     if most > available:
         log.warning("%s about %s-%s of memory for a training step of model=%s, and %s is available: it may run out; %s",
                     what, f"{least / 2**30:.1f}", _gib(most), cfg.model_name, _gib(available), fix)
+
+
+def model_bytes(cfg: DictConfig, meta: MetaRun, state_copies: int) -> tuple[int, int]:
+    """The model's part of a training step's floor: (layer outputs of a batch, weights with the
+    trained ones' gradients and `state_copies` copies in the optimizer's state)."""
+    outputs = meta.kept_per_sample * int(cfg.batch_size)
+    if OmegaConf.select(cfg, "trainer.amp"):  # bf16/fp16 autocast: layer outputs of 2 bytes, not the meta run's 4
+        outputs //= 2
+    # autocast keeps fp32 weights: all of them count in full; a frozen one has no gradient nor state
+    return outputs, meta.parameter_bytes + meta.trainable_bytes * (1 + state_copies)
 
 
 def batches_in_flight(cfg: DictConfig) -> int:
