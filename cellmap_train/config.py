@@ -82,6 +82,7 @@ _SHORTHANDS = {
     "validation_time_limit": ((numbers.Real, type(None)), lambda v: v is None or v > 0, "null or seconds > 0"),
     "validation_batch_limit": ((int, type(None)), lambda v: v is None or v >= 1, "null or an integer >= 1"),
     "load_model": ((str, type(None)), lambda v: v in (None, "latest", "best"), "latest, best or null"),
+    "init_from": ((str, type(None)), lambda v: v is None or v.strip() != "", "a checkpoint file or null"),
     "use_s3": ((bool,), lambda v: True, "true or false"),
     "model_kwargs": ((DictConfig, type(None)), lambda v: True, "a mapping of model arguments: set one with +model_kwargs.<name>=value"),
 }

@@ -58,6 +58,14 @@ def check_run_folder(cfg: DictConfig) -> None:
                           f"or replace them with overwrite_checkpoints=true")
 
 
+def check_init_from(cfg: DictConfig) -> None:
+    """init_from (where a new run's weights come from) and model_to_load=<another model> (the
+    same, from this run folder) would load one over the other: take one."""
+    if cfg.get("init_from") and cfg.get("load_model") and cfg.get("model_to_load") != cfg.get("model_name"):
+        raise ConfigError(f"init_from={cfg.init_from} and model_to_load={cfg.model_to_load} both say where the "
+                          f"weights come from: set one of them")
+
+
 def _is_number(value) -> bool:
     return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
@@ -170,21 +178,25 @@ class MetaRun:
     kept_per_sample: int  # bytes of the layers' outputs: a lower bound of what backward keeps
     parameter_bytes: int  # the weights'
     trainable_bytes: int  # those that train: their gradients and each copy in the optimizer's state take as much
+    output_layer: str | None = None  # the last layer with weights that the forward pass runs (init_from matches its rows by class)
 
 
 def meta_forward(cfg: DictConfig) -> MetaRun | None:
     """One sample through a copy of the model on the meta device (no memory, no compute): its
-    output shape and the bytes its layers' outputs take; None when a (custom) model cannot run there."""
+    output shape, the bytes its layers' outputs take and its output layer; None when a (custom)
+    model cannot run there."""
     import torch
 
     from cellmap_train.models.build import build_model
 
     inputs = ArrayInfo.parse(cfg.input_array_info, "input_array_info")
     spatial = inputs.shape[1:] if inputs.is_2d else inputs.shape
-    kept = 0
+    kept, last_with_weights = 0, None
 
     def count(module, args, output) -> None:
-        nonlocal kept
+        nonlocal kept, last_with_weights
+        if module in has_weights:
+            last_with_weights = has_weights[module]
         for tensor in output if isinstance(output, (tuple, list)) else [output]:
             # an in-place layer (ReLU(inplace=True)) hands back its input: no new memory
             if isinstance(tensor, torch.Tensor) and not any(tensor is arg for arg in args):
@@ -193,13 +205,15 @@ def meta_forward(cfg: DictConfig) -> MetaRun | None:
     try:
         with torch.device("meta"):
             model = build_model(cfg.model, cfg.get("model_kwargs")).eval()
+            has_weights = {layer: name for name, layer in model.named_modules()  # leaves, as hooked below
+                           if next(layer.children(), None) is None and next(layer.parameters(), None) is not None}
             for layer in model.modules():
                 if next(layer.children(), None) is None:
                     layer.register_forward_hook(count)
             output = model(torch.empty(1, int(cfg.model.get("in_channels", 1)), *spatial))
         sizes = [(parameter.numel() * parameter.element_size(), parameter.requires_grad) for parameter in model.parameters()]
         return MetaRun(tuple(output.shape[2:]), kept, sum(size for size, _ in sizes),
-                       sum(size for size, trains in sizes if trains))
+                       sum(size for size, trains in sizes if trains), last_with_weights)
     except Exception:  # noqa: BLE001 - whatever stops it, the real build or the loss reports it plainly
         return None
 

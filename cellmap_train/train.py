@@ -14,13 +14,13 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import InstantiationException
 from hydra.types import RunMode
-from hydra.utils import instantiate
+from hydra.utils import instantiate, to_absolute_path
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from cellmap_train import sweep_stop
 from cellmap_train.config import CONFIG_NAME, RUN_STAMP_ENV, check_groups, check_shorthands, config_dir
-from cellmap_train.errors import TrainingInterrupted, UserError
+from cellmap_train.errors import CheckpointError, TrainingInterrupted, UserError
 from cellmap_train.hydra_errors import one_line_hydra_errors
 from cellmap_train.interrupt import StopRequest
 from cellmap_train.sweep import write_result
@@ -44,7 +44,7 @@ def train(cfg: DictConfig, stop: StopRequest | None = None) -> FitResult:
     from cellmap_train.engine import distributed, fit, seed_everything
     from cellmap_train.models.build import build_model
     from cellmap_train.memory import available_bytes
-    from cellmap_train.preflight import (check_memory, check_model_shape, check_numeric_options,
+    from cellmap_train.preflight import (check_init_from, check_memory, check_model_shape, check_numeric_options,
                                          check_optimizer_and_scheduler, check_output_fits_labels, check_run_folder,
                                          meta_forward)
 
@@ -55,9 +55,12 @@ def train(cfg: DictConfig, stop: StopRequest | None = None) -> FitResult:
     check_output_fits_labels(cfg, meta)
     check_memory(cfg, meta, available_bytes(), state_copies)
     check_run_folder(cfg)
+    check_init_from(cfg)
     seed_everything(cfg.seed)  # before the model, so its initial weights follow the seed
     settings = instantiate(cfg.trainer, run_dir=cfg.paths.output_dir)
     model = build_model(cfg.model, cfg.get("model_kwargs"))
+    if cfg.get("init_from"):
+        start_from(model, cfg, settings, meta.output_layer if meta else None)
     optimizer = instantiate(cfg.optimizer)(model.parameters())
     scheduler = instantiate(cfg.scheduler)(optimizer)
     ranks = distributed.init()  # a no-op outside torchrun
@@ -80,6 +83,25 @@ def train(cfg: DictConfig, stop: StopRequest | None = None) -> FitResult:
     finally:
         logger.close()
     return result
+
+
+def start_from(model, cfg: DictConfig, settings, output_layer: str | None) -> None:
+    """init_from: a new run's weights from another run's checkpoint. A run that resumes from its
+    own checkpoint (load_model) started from there already."""
+    from cellmap_train.engine.init_weights import init_weights
+    from cellmap_train.engine.loop import find_checkpoint
+
+    path = to_absolute_path(cfg.init_from)  # a file the user names: from where the command was run
+    own = find_checkpoint(settings) if settings.load_model else None
+    if own is not None:
+        line = f"init_from={cfg.init_from} not used: the run continues from its own checkpoint {own[1]}."
+    else:
+        try:
+            line = init_weights(model, path, list(cfg.classes), output_layer)
+        except CheckpointError as err:
+            raise CheckpointError(f"init_from: {err}") from None
+    if is_rank_zero():
+        print(line)
 
 
 def report(result: FitResult, cfg: DictConfig) -> None:

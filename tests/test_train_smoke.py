@@ -40,11 +40,20 @@ def test_3d_unet_trains_two_steps(run_cli, tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.longest
-def test_demo_experiment_learns(run_cli, tmp_path):
-    """README command (1): the demo run ends with a checkpoint, event files and a higher Dice."""
+def test_demo_experiment_learns_and_a_new_run_starts_from_it(run_cli, tmp_path):
+    """README command (1): the demo run ends with a checkpoint, event files and a higher Dice.
+    Then init_from: a run on two of its classes, in another order, starts where it ended (one
+    step at a learning rate that changes nothing), far above its own first epoch."""
     proc = run_cli("experiment=demo", "hydra.run.dir=run", check=True)
     match = re.search(r"epoch 1 ([0-9.]+) -> final ([0-9.]+)", proc.stdout)
     first, final = float(match.group(1)), float(match.group(2))
     assert final > first + 0.1, proc.stdout
-    assert (tmp_path / "run" / "checkpoints" / "2d_unet_10.pth").is_file()
+    trained = tmp_path / "run" / "checkpoints" / "2d_unet_10.pth"
+    assert trained.is_file()
     assert {"loss/train", "loss/val", "dice/nuc"} <= event_tags(tmp_path / "run" / "tensorboard" / "2d_unet")
+    proc = run_cli("experiment=demo", "hydra.run.dir=tuned", "classes=[mito,nuc]", "init_from=run/checkpoints/2d_unet_10.pth",
+                   "epochs=1", "iterations_per_epoch=1", "lr=1e-12", check=True)
+    assert f"Initialised model weights from {trained} (92 tensors; trained on nuc, er, mito): output channels of " \
+           f"mito, nuc taken from it." in proc.stdout
+    tuned = float(re.search(r"final ([0-9.]+)", proc.stdout).group(1))
+    assert tuned > max(first + 0.1, 0.7), proc.stdout

@@ -102,6 +102,8 @@ def _first_line(err: BaseException, limit: int = 300) -> str:
 
 def read_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
     path = Path(path)
+    if path.is_dir():
+        raise CheckpointError(f"{path}: a folder, not a checkpoint file (e.g. its checkpoints/<model_name>_<epoch>.pth)")
     if not path.is_file():
         raise CheckpointError(f"{path}: checkpoint not found")
     try:

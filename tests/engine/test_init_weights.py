@@ -1,0 +1,123 @@
+"""init_from: a new run starts from another run's weights, its output channels matched by class."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from cellmap_train.engine.init_weights import init_weights
+from cellmap_train.errors import CheckpointError
+from cellmap_train.models.unet import UNet
+from cellmap_train.preflight import meta_forward
+
+SOURCE = ["nuc", "er", "mito"]
+
+
+def unet(out_channels: int, seed: int = 0, features: int = 4) -> UNet:
+    torch.manual_seed(seed)
+    return UNet(spatial_dims=2, in_channels=1, out_channels=out_channels, base_features=features, depth=2).eval()
+
+
+def save_full(model: torch.nn.Module, path, classes) -> None:
+    """A checkpoint as the engine writes it (the parts init_from reads: model and config)."""
+    torch.save({"model": model.state_dict(), "optimizer": {}, "epoch": 3, "step": 30,
+                "config": {"classes": list(classes)}}, path)
+
+
+@pytest.fixture
+def source(tmp_path):
+    model = unet(len(SOURCE), seed=1)
+    path = tmp_path / "source.pth"
+    save_full(model, path, SOURCE)
+    return model, path
+
+
+def outputs(model: torch.nn.Module) -> torch.Tensor:
+    with torch.no_grad():
+        return model(torch.rand(2, 1, 32, 32, generator=torch.Generator().manual_seed(7)))
+
+
+@pytest.mark.parametrize("model", ["2d_unet", "3d_unet", "2d_resnet", "3d_resnet", "vitnet"])
+def test_the_output_layer_is_found_for_every_shipped_model(compose_cfg, model):
+    from cellmap_train.models.build import build_model
+
+    cfg = compose_cfg("experiment=demo", f"model={model}")
+    layer = meta_forward(cfg).output_layer
+    with torch.device("meta"):
+        built = build_model(cfg.model, cfg.get("model_kwargs"))
+    assert built.get_submodule(layer).weight.shape[0] == len(cfg.classes), layer
+
+
+def test_classes_are_matched_by_name_and_a_new_class_keeps_its_fresh_weights(source):
+    trained, path = source
+    fresh = unet(2, seed=2)
+    model = unet(2, seed=2)
+    line = init_weights(model, path, ["mito", "cell"], "head")
+    assert "trained on nuc, er, mito" in line and "mito taken from it" in line and "cell new" in line
+    got, want, untouched = outputs(model), outputs(trained), outputs(fresh)
+    torch.testing.assert_close(got[:, 0], want[:, 2])  # mito: the trained channel, exactly
+    torch.testing.assert_close(model.head.weight[1], fresh.head.weight[1])  # cell: as initialised
+    assert not torch.allclose(got[:, 1], untouched[:, 1])  # ... but on the trained features
+
+
+def test_the_same_classes_in_another_order_are_reordered(source):
+    trained, path = source
+    model = unet(3, seed=5)
+    init_weights(model, path, ["mito", "nuc", "er"], "head")
+    torch.testing.assert_close(outputs(model), outputs(trained)[:, [2, 0, 1]])
+
+
+def test_the_same_classes_load_everything(source):
+    trained, path = source
+    model = unet(3, seed=5)
+    assert "the same classes" in init_weights(model, path, SOURCE, "head")
+    for name, tensor in model.state_dict().items():
+        assert torch.equal(tensor, trained.state_dict()[name]), name
+
+
+def test_a_weights_only_file_loads_when_shapes_match_and_says_it_cannot_match_classes(tmp_path):
+    trained = unet(2, seed=1)
+    torch.save(trained.state_dict(), tmp_path / "weights.pth")  # the challenge's format
+    model = unet(2, seed=3)
+    assert "weights-only file" in init_weights(model, tmp_path / "weights.pth", ["nuc", "mito"], "head")
+    torch.testing.assert_close(outputs(model), outputs(trained))
+    with pytest.raises(CheckpointError, match=r"head.weight is \[2, 4, 1, 1\] there and \[3, 4, 1, 1\].*does not name its classes"):
+        init_weights(unet(3), tmp_path / "weights.pth", SOURCE, "head")
+
+
+def test_another_architecture_is_refused_naming_the_tensor_and_leaves_the_model_as_it_was(source):
+    _, path = source
+    model = unet(1, features=8)
+    before = {name: tensor.clone() for name, tensor in model.state_dict().items()}
+    with pytest.raises(CheckpointError, match=r"source.pth: down.0.0.weight is \[4, 1, 3, 3\] there and \[8, 1, 3, 3\]"):
+        init_weights(model, path, ["mito"], "head")
+    assert all(torch.equal(tensor, before[name]) for name, tensor in model.state_dict().items())
+    deeper = UNet(spatial_dims=2, in_channels=1, out_channels=1, base_features=4, depth=3)
+    with pytest.raises(CheckpointError, match="weights of another architecture \\(missing "):
+        init_weights(deeper, path, ["mito"], "head")
+
+
+def test_other_classes_without_a_known_output_layer_are_refused(source):
+    _, path = source
+    with pytest.raises(CheckpointError, match="output layer could not be found"):
+        init_weights(unet(2), path, ["mito", "nuc"], None)
+
+
+def test_a_folder_or_a_missing_file_is_one_line(tmp_path):
+    with pytest.raises(CheckpointError, match="a folder, not a checkpoint file"):
+        init_weights(unet(1), tmp_path, ["nuc"], "head")
+    with pytest.raises(CheckpointError, match="checkpoint not found"):
+        init_weights(unet(1), tmp_path / "nope.pth", ["nuc"], "head")
+
+
+def test_a_run_that_resumes_uses_its_own_checkpoint_and_init_from_conflicts_with_model_to_load(run_cli, tmp_path):
+    base = ["experiment=demo", "trainer=smoke", "trainer.progress_bar=false"]
+    run_cli(*base, "hydra.run.dir=first", check=True)
+    first = tmp_path / "first" / "checkpoints" / "2d_unet_1.pth"
+    proc = run_cli(*base, "hydra.run.dir=first", "load_model=latest", "epochs=2", f"init_from={first}", check=True)
+    assert f"init_from={first} not used: the run continues from its own checkpoint" in proc.stdout
+    assert "Resumed from" in proc.stdout
+    proc = run_cli(*base, "hydra.run.dir=second", "load_model=latest", f"init_from={first}", "model_to_load=other")
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines()[-1] == (f"cellmap_train: error: init_from={first} and model_to_load=other "
+                                                     "both say where the weights come from: set one of them")
