@@ -32,12 +32,13 @@ from cellmap_train.engine.layout import apply_layout
 from cellmap_train.engine.pause_hook import pause_point
 from cellmap_train.engine.prefetch import DeviceBatches
 from cellmap_train.engine.progress import Progress
+from cellmap_train.engine.schedulers import WarmupCosineLR
 from cellmap_train.engine.settings import TrainSettings, pick_device, seed_everything, set_backends
 from cellmap_train.engine.validate import validate
 from cellmap_train.errors import ConfigError, TrainingInterrupted, UserError
 from cellmap_train.interrupt import StopRequest
 
-PER_STEP_SCHEDULERS = (torch.optim.lr_scheduler.OneCycleLR, torch.optim.lr_scheduler.CyclicLR)
+PER_STEP_SCHEDULERS = (torch.optim.lr_scheduler.OneCycleLR, torch.optim.lr_scheduler.CyclicLR, WarmupCosineLR)
 LOSS_SMOOTHING = 0.98  # EMA factor of loss/train_smooth (about the last 50 steps)
 
 

@@ -64,7 +64,7 @@ CASES = {
     "model_kwargs_a_number": (["model_kwargs=10"], "model_kwargs=10: must be a mapping of model arguments"),
     # a group removed with ~group: the user most likely meant "none of these", which only the scheduler has
     "scheduler_removed": (["~scheduler"], "scheduler: removed from the config, but every run needs one: choose one with "
-                                          "scheduler=<name> (cosine, none, onecycle, step); scheduler=none keeps"),
+                                          "scheduler=<name> (cosine, none, onecycle, poly, step, warmup_cosine); scheduler=none keeps"),
     "optimizer_removed": (["~optimizer"], "optimizer: removed from the config, but every run needs one: choose one "
                                           "with optimizer=<name> (adam, adamw, radam, sgd)"),
     "trainer_removed": (["~trainer"], "trainer: removed from the config, but every run needs one"),
