@@ -83,6 +83,8 @@ _SHORTHANDS = {
     "validation_batch_limit": ((int, type(None)), lambda v: v is None or v >= 1, "null or an integer >= 1"),
     "load_model": ((str, type(None)), lambda v: v in (None, "latest", "best"), "latest, best or null"),
     "init_from": ((str, type(None)), lambda v: v is None or v.strip() != "", "a checkpoint file or null"),
+    "freeze": ((ListConfig, type(None)), lambda v: v is None or all(isinstance(x, str) and x for x in v),
+               "a list of module paths, e.g. freeze=[down]"),
     "use_s3": ((bool,), lambda v: True, "true or false"),
     "model_kwargs": ((DictConfig, type(None)), lambda v: True, "a mapping of model arguments: set one with +model_kwargs.<name>=value"),
 }

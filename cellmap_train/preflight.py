@@ -187,7 +187,7 @@ def meta_forward(cfg: DictConfig) -> MetaRun | None:
     model cannot run there."""
     import torch
 
-    from cellmap_train.models.build import build_model
+    from cellmap_train.models.build import build_model, freeze_parameters
 
     inputs = ArrayInfo.parse(cfg.input_array_info, "input_array_info")
     spatial = inputs.shape[1:] if inputs.is_2d else inputs.shape
@@ -205,6 +205,7 @@ def meta_forward(cfg: DictConfig) -> MetaRun | None:
     try:
         with torch.device("meta"):
             model = build_model(cfg.model, cfg.get("model_kwargs")).eval()
+            freeze_parameters(model, cfg.get("freeze"))  # frozen weights get no gradient or optimizer state
             has_weights = {layer: name for name, layer in model.named_modules()  # leaves, as hooked below
                            if next(layer.children(), None) is None and next(layer.parameters(), None) is not None}
             for layer in model.modules():

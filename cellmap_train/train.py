@@ -42,7 +42,7 @@ def train(cfg: DictConfig, stop: StopRequest | None = None) -> FitResult:
     check_groups(cfg)
     check_shorthands(cfg)
     from cellmap_train.engine import distributed, fit, seed_everything
-    from cellmap_train.models.build import build_model
+    from cellmap_train.models.build import build_model, freeze_parameters
     from cellmap_train.memory import available_bytes
     from cellmap_train.preflight import (check_init_from, check_memory, check_model_shape, check_numeric_options,
                                          check_optimizer_and_scheduler, check_output_fits_labels, check_run_folder,
@@ -61,6 +61,9 @@ def train(cfg: DictConfig, stop: StopRequest | None = None) -> FitResult:
     model = build_model(cfg.model, cfg.get("model_kwargs"))
     if cfg.get("init_from"):
         start_from(model, cfg, settings, meta.output_layer if meta else None)
+    frozen = freeze_parameters(model, cfg.get("freeze"))  # before the optimizer and DDP see which parameters train
+    if frozen and is_rank_zero():
+        print(frozen)
     optimizer = instantiate(cfg.optimizer)(model.parameters())
     scheduler = instantiate(cfg.scheduler)(optimizer)
     ranks = distributed.init()  # a no-op outside torchrun

@@ -51,3 +51,30 @@ def build_model(model_cfg: DictConfig, model_kwargs: DictConfig | dict | None = 
         if isinstance(err.__cause__, UserError):  # the constructor's own one-line message, unwrapped
             raise err.__cause__ from None
         raise
+
+
+def freeze_parameters(model: nn.Module, prefixes: list[str] | None) -> str | None:
+    """Keep the parameters under each module path in `prefixes` fixed (`freeze=[down]`: a U-Net's
+    encoder); returns the line that says how much that is. A prefix that names no parameter is an
+    error listing the model's top-level parts. (Batch norms in a frozen part still update their
+    running statistics while training, as in any train-mode forward pass.)"""
+    if not prefixes:
+        return None
+    named = dict(model.named_parameters())
+
+    def under(name: str, prefix: str) -> bool:
+        return name == prefix or name.startswith(f"{prefix}.")
+
+    for prefix in prefixes:
+        if not any(under(name, prefix) for name in named):
+            parts = ", ".join([name for name, child in model.named_children() if next(child.parameters(), None) is not None]
+                              + [name for name, _ in model.named_parameters(recurse=False)])
+            raise ConfigError(f"freeze: {prefix!r} names no parameters of {type(model).__name__}; "
+                              f"its parts with parameters are {parts}")
+    frozen = [p for name, p in named.items() if any(under(name, prefix) for prefix in prefixes)]
+    for parameter in frozen:
+        parameter.requires_grad_(False)
+    total = sum(p.numel() for p in named.values())
+    count = sum(p.numel() for p in frozen)
+    return (f"Frozen: {', '.join(prefixes)} ({len(frozen)} tensors, {count / 1e6:.2f} M of {total / 1e6:.2f} M "
+            f"parameters); the rest trains.")

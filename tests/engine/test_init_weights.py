@@ -1,4 +1,5 @@
-"""init_from: a new run starts from another run's weights, its output channels matched by class."""
+"""Fine-tuning: init_from (a new run starts from another run's weights, its output channels
+matched by class) and freeze (parts of the model that do not train)."""
 
 from __future__ import annotations
 
@@ -6,7 +7,8 @@ import pytest
 import torch
 
 from cellmap_train.engine.init_weights import init_weights
-from cellmap_train.errors import CheckpointError
+from cellmap_train.errors import CheckpointError, ConfigError
+from cellmap_train.models.build import freeze_parameters
 from cellmap_train.models.unet import UNet
 from cellmap_train.preflight import meta_forward
 
@@ -110,10 +112,31 @@ def test_a_folder_or_a_missing_file_is_one_line(tmp_path):
         init_weights(unet(1), tmp_path / "nope.pth", ["nuc"], "head")
 
 
-def test_a_run_that_resumes_uses_its_own_checkpoint_and_init_from_conflicts_with_model_to_load(run_cli, tmp_path):
+def test_freeze_stops_the_named_parts_training_and_a_wrong_name_lists_the_parts():
+    model = unet(2)
+    line = freeze_parameters(model, ["down", "up"])
+    assert line.startswith("Frozen: down, up (") and "the rest trains" in line
+    assert {name.split(".")[0] for name, p in model.named_parameters() if p.requires_grad} == {"merge", "head"}
+    assert freeze_parameters(unet(2), []) is None
+    with pytest.raises(ConfigError, match="freeze: 'encoder' names no parameters of UNet; its parts with parameters "
+                                          "are down, up, merge, head"):
+        freeze_parameters(unet(2), ["encoder"])
+    with pytest.raises(ConfigError, match="'dow' names no parameters"):  # a prefix of a name is not a module path
+        freeze_parameters(unet(2), ["dow"])
+
+
+def test_fine_tuning_runs_resume_freeze_and_conflicts(run_cli, tmp_path):
+    """A run that resumes uses its own checkpoint, not init_from; a run from init_from with
+    everything but the output layer frozen changes only that layer; init_from with
+    model_to_load is refused."""
     base = ["experiment=demo", "trainer=smoke", "trainer.progress_bar=false"]
     run_cli(*base, "hydra.run.dir=first", check=True)
     first = tmp_path / "first" / "checkpoints" / "2d_unet_1.pth"
+    proc = run_cli(*base, "hydra.run.dir=tuned", f"init_from={first}", "freeze=[down,up,merge]", "lr=1e-2", check=True)
+    assert "Frozen: down, up, merge (" in proc.stdout
+    before, after = (torch.load(path, weights_only=True)["model"] for path in (first, tmp_path / "tuned/checkpoints/2d_unet_1.pth"))
+    weights = [name for name in before if name.endswith(("weight", "bias"))]  # batch norms' running statistics still move
+    assert {name for name in weights if not torch.equal(before[name], after[name])} == {"head.weight", "head.bias"}
     proc = run_cli(*base, "hydra.run.dir=first", "load_model=latest", "epochs=2", f"init_from={first}", check=True)
     assert f"init_from={first} not used: the run continues from its own checkpoint" in proc.stdout
     assert "Resumed from" in proc.stdout
@@ -121,3 +144,10 @@ def test_a_run_that_resumes_uses_its_own_checkpoint_and_init_from_conflicts_with
     assert proc.returncode == 1
     assert proc.stderr.strip().splitlines()[-1] == (f"cellmap_train: error: init_from={first} and model_to_load=other "
                                                      "both say where the weights come from: set one of them")
+
+
+def test_the_memory_check_counts_frozen_weights_once(compose_cfg):
+    whole = meta_forward(compose_cfg("experiment=demo"))
+    head_only = meta_forward(compose_cfg("experiment=demo", "freeze=[down,up,merge]"))
+    assert head_only.parameter_bytes == whole.parameter_bytes == whole.trainable_bytes
+    assert head_only.trainable_bytes == 4 * (8 * 3 + 3)  # the 1x1 head's weight and bias, float32

@@ -62,6 +62,9 @@ CASES = {
     "negative_clipping": (["trainer.max_grad_norm=-1"], "trainer.max_grad_norm must be null or > 0, got -1"),
     "smoothing_window_zero": (["trainer.smoothing_window=0"], "trainer.smoothing_window must be an integer >= 1, got 0"),
     "model_kwargs_a_number": (["model_kwargs=10"], "model_kwargs=10: must be a mapping of model arguments"),
+    "freeze_unknown_part": (["freeze=[encoder]"], "freeze: 'encoder' names no parameters of UNet; its parts with "
+                                                  "parameters are down, up, merge, head"),
+    "freeze_not_a_list": (["freeze=down"], "freeze='down': must be a list of module paths, e.g. freeze=[down]"),
     # a group removed with ~group: the user most likely meant "none of these", which only the scheduler has
     "scheduler_removed": (["~scheduler"], "scheduler: removed from the config, but every run needs one: choose one with "
                                           "scheduler=<name> (cosine, none, onecycle, poly, step, warmup_cosine); scheduler=none keeps"),
