@@ -17,7 +17,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from cellmap_train.config import jobs_side_by_side
 from cellmap_train.data.dataset import ArrayInfo
 from cellmap_train.engine.checkpoint import epoch_files
-from cellmap_train.errors import ConfigError
+from cellmap_train.errors import ConfigError, UserError
 
 log = logging.getLogger(__name__)
 # what a training step's activations take over its layers' outputs, measured on the CPU beside the
@@ -215,6 +215,8 @@ def meta_forward(cfg: DictConfig) -> MetaRun | None:
         sizes = [(parameter.numel() * parameter.element_size(), parameter.requires_grad) for parameter in model.parameters()]
         return MetaRun(tuple(output.shape[2:]), kept, sum(size for size, _ in sizes),
                        sum(size for size, trains in sizes if trains), last_with_weights)
+    except UserError:  # a wrong argument or freeze path: the real build would say the same, say it now
+        raise
     except Exception:  # noqa: BLE001 - whatever stops it, the real build or the loss reports it plainly
         return None
 

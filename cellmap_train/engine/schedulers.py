@@ -31,7 +31,8 @@ class WarmupCosineLR(LRScheduler):
         super().__init__(optimizer, last_epoch)
 
     def factor(self, step: int) -> float:
-        """Share of the way from eta_min to the base lr at optimizer step `step` (0 = before the first)."""
+        """The multiplier at optimizer step `step` (0 = the first): of the base lr during the
+        warm-up, of the way from eta_min to it after."""
         if step < self.warmup_steps:
             return self.warmup_start_factor + (1 - self.warmup_start_factor) * step / self.warmup_steps
         done = min(step - self.warmup_steps, self.total_steps - self.warmup_steps) / max(1, self.total_steps - self.warmup_steps)
