@@ -76,5 +76,4 @@ def freeze_parameters(model: nn.Module, prefixes: list[str] | None) -> str | Non
         parameter.requires_grad_(False)
     total = sum(p.numel() for p in named.values())
     count = sum(p.numel() for p in frozen)
-    return (f"Frozen: {', '.join(prefixes)} ({len(frozen)} tensors, {count / 1e6:.2f} M of {total / 1e6:.2f} M "
-            f"parameters); the rest trains.")
+    return f"Frozen: {', '.join(prefixes)} ({len(frozen)} tensors, {count:,} of {total:,} parameters); the rest trains."
