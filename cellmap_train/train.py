@@ -80,7 +80,9 @@ def train(cfg: DictConfig, stop: StopRequest | None = None) -> FitResult:
                      config=OmegaConf.to_container(cfg, resolve=True), stop=stop)
         logger.hparams({"lr": cfg.lr, "batch_size": cfg.batch_size, "seed": cfg.seed, "model": cfg.model_name,
                         "epochs": cfg.epochs, "iterations_per_epoch": cfg.iterations_per_epoch,
-                        "optimizer": cfg.optimizer._target_, "loss": cfg.loss._target_},
+                        "optimizer": cfg.optimizer._target_, "scheduler": cfg.scheduler._target_,
+                        "loss": cfg.loss._target_, "init_from": cfg.get("init_from") or "",
+                        "freeze": ",".join(cfg.get("freeze") or [])},
                        {f"best/{settings.best_metric}": result.best_metric,
                         **{k: v for k, v in result.final_metrics.items() if k.startswith(("dice/", "iou/", "loss/val"))}})
     finally:

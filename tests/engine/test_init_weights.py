@@ -125,6 +125,24 @@ def test_freeze_stops_the_named_parts_training_and_a_wrong_name_lists_the_parts(
         freeze_parameters(unet(2), ["dow"])
 
 
+def hparams(log_dir, keys=("init_from", "freeze")) -> dict:
+    """What TensorBoard's HParams tab shows for `keys` of the run logged under `log_dir`."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData
+
+    for events in log_dir.rglob("events.out.tfevents.*"):
+        acc = EventAccumulator(str(events))
+        acc.Reload()
+        try:
+            content = acc.PluginTagToContent("hparams")
+        except KeyError:  # only the file add_hparams wrote has the plugin
+            continue
+        if "_hparams_/session_start_info" in content:
+            info = HParamsPluginData.FromString(content["_hparams_/session_start_info"]).session_start_info
+            return {key: info.hparams[key].string_value for key in keys}
+    raise AssertionError(f"no hparams under {log_dir}")
+
+
 def test_fine_tuning_runs_resume_freeze_and_conflicts(run_cli, tmp_path):
     """A run that resumes uses its own checkpoint, not init_from; a run from init_from with
     everything but the output layer frozen changes only that layer; init_from with
@@ -137,6 +155,7 @@ def test_fine_tuning_runs_resume_freeze_and_conflicts(run_cli, tmp_path):
     before, after = (torch.load(path, weights_only=True)["model"] for path in (first, tmp_path / "tuned/checkpoints/2d_unet_1.pth"))
     weights = [name for name in before if name.endswith(("weight", "bias"))]  # batch norms' running statistics still move
     assert {name for name in weights if not torch.equal(before[name], after[name])} == {"head.weight", "head.bias"}
+    assert hparams(tmp_path / "tuned" / "tensorboard") == {"init_from": str(first), "freeze": "down,up,merge"}
     proc = run_cli(*base, "hydra.run.dir=first", "load_model=latest", "epochs=2", f"init_from={first}", check=True)
     assert f"init_from={first} not used: the run continues from its own checkpoint" in proc.stdout
     assert "Resumed from" in proc.stdout
