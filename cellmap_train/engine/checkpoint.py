@@ -22,6 +22,7 @@ from cellmap_train.errors import CheckpointError
 from cellmap_train.files import atomic_write
 
 FULL_KEYS = {"model", "optimizer", "epoch", "step"}
+TORCH_SAVE_HEADERS = (b"PK\x03\x04", b"\x80")  # a zip archive (torch >= 1.6), a pickle (older files)
 
 
 def format_path(template: str | os.PathLike, model_name: str, epoch: int | str) -> Path:
@@ -106,6 +107,11 @@ def read_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
         raise CheckpointError(f"{path}: a folder, not a checkpoint file (e.g. its checkpoints/<model_name>_<epoch>.pth)")
     if not path.is_file():
         raise CheckpointError(f"{path}: checkpoint not found")
+    with open(path, "rb") as handle:
+        head = handle.read(4)
+    if head and not head.startswith(TORCH_SAVE_HEADERS):  # an empty file is a truncated one, below
+        raise CheckpointError(f"{path}: not a PyTorch checkpoint (torch.save writes a zip archive or a pickle; "
+                              f"this file starts with {head!r})")
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:

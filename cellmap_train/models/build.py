@@ -72,6 +72,9 @@ def freeze_parameters(model: nn.Module, prefixes: list[str] | None) -> str | Non
             raise ConfigError(f"freeze: {prefix!r} names no parameters of {type(model).__name__}; "
                               f"its parts with parameters are {parts}")
     frozen = [p for name, p in named.items() if any(under(name, prefix) for prefix in prefixes)]
+    if len(frozen) == len(named):
+        raise ConfigError(f"freeze={list(prefixes)} leaves nothing to train: all {len(named)} parameter tensors "
+                          f"of {type(model).__name__} are under it")
     for parameter in frozen:
         parameter.requires_grad_(False)
     total = sum(p.numel() for p in named.values())

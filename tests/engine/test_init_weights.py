@@ -170,3 +170,8 @@ def test_the_memory_check_counts_frozen_weights_once(compose_cfg):
     head_only = meta_forward(compose_cfg("experiment=demo", "freeze=[down,up,merge]"))
     assert head_only.parameter_bytes == whole.parameter_bytes == whole.trainable_bytes
     assert head_only.trainable_bytes == 4 * (8 * 3 + 3)  # the 1x1 head's weight and bias, float32
+
+
+def test_freezing_everything_is_refused():
+    with pytest.raises(ConfigError, match=r"freeze=\['down', 'up', 'merge', 'head'\] leaves nothing to train: all 36 parameter tensors of UNet"):
+        freeze_parameters(unet(2), ["down", "up", "merge", "head"])

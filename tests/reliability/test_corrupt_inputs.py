@@ -24,8 +24,11 @@ def fails_with(run_inprocess, tmp_path, *args) -> str:
     return error_line(output)
 
 
-@pytest.mark.parametrize("content", [b"not a checkpoint at all", "truncated"])
-def test_bad_checkpoint(run_inprocess, tmp_path, demo_cache, content):
+@pytest.mark.parametrize("content,says", [
+    (b"not a checkpoint at all", "not a PyTorch checkpoint (torch.save writes a zip archive or a pickle; this file starts with b'not '"),
+    ("truncated", "not a readable checkpoint, truncated or corrupt?"),
+])
+def test_bad_checkpoint(run_inprocess, tmp_path, demo_cache, content, says):
     path = tmp_path / "run" / "checkpoints" / "2d_unet_1.pth"
     path.parent.mkdir(parents=True)
     if content == "truncated":
@@ -34,7 +37,7 @@ def test_bad_checkpoint(run_inprocess, tmp_path, demo_cache, content):
         content = path.read_bytes()[:300]
     path.write_bytes(content)
     line = fails_with(run_inprocess, tmp_path, "load_model=latest")
-    assert "2d_unet_1.pth: not a readable checkpoint, truncated or corrupt?" in line
+    assert f"2d_unet_1.pth: {says}" in line
 
 
 def test_malicious_pickle_checkpoint_is_refused_and_not_run(run_inprocess, tmp_path):
