@@ -82,7 +82,7 @@ _SHORTHANDS = {
     "validation_time_limit": ((numbers.Real, type(None)), lambda v: v is None or v > 0, "null or seconds > 0"),
     "validation_batch_limit": ((int, type(None)), lambda v: v is None or v >= 1, "null or an integer >= 1"),
     "load_model": ((str, type(None)), lambda v: v in (None, "latest", "best"), "latest, best or null"),
-    "init_from": ((str, type(None)), lambda v: v is None or v.strip() != "", "a checkpoint file or null"),
+    "init_from": ((str, type(None)), lambda v: v is None or v.strip() != "", "a checkpoint file, a run or sweep folder, or null"),
     "freeze": ((ListConfig, type(None)), lambda v: v is None or all(isinstance(x, str) and x for x in v),
                "a list of module paths, e.g. freeze=[down]"),
     "use_s3": ((bool,), lambda v: True, "true or false"),

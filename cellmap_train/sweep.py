@@ -27,6 +27,7 @@ if TYPE_CHECKING:  # pandas is imported only when a sweep summary is made: every
     import pandas as pd
 
 RESULT_FILE = "result.json"
+SUMMARY_FILE = "summary.csv"
 
 
 def write_result(run_dir: str | os.PathLike, record: dict[str, Any]) -> Path:
@@ -129,11 +130,11 @@ class SweepSummary(Callback):
         if "best_metric" in frame:
             frame = frame.sort_values("best_metric", ascending=self.low_is_best, na_position="last")
         columns = ["job", *[k for k in swept if k in frame], "status", "error", "best_metric", "best_epoch",
-                   "final_metric", "epochs_done", "wall_time_s", "checkpoint"]
+                   "final_metric", "epochs_done", "wall_time_s", "checkpoint", "best_checkpoint"]
         frame = frame[[c for c in columns if c in frame] + [c for c in frame.columns if c not in columns]]
-        frame.to_csv(sweep_dir / "summary.csv", index=False)
-        shown = [c for c in columns if c in frame and c != "checkpoint"]
-        print(f"\nSweep summary ({len(frame)} jobs) -> {sweep_dir / 'summary.csv'}")
+        frame.to_csv(sweep_dir / SUMMARY_FILE, index=False)
+        shown = [c for c in columns if c in frame and not c.endswith("checkpoint")]
+        print(f"\nSweep summary ({len(frame)} jobs) -> {sweep_dir / SUMMARY_FILE}")
         print(frame[shown].fillna("-").to_string(index=False, float_format=lambda v: f"{v:.4g}"))
         stats = seed_statistics(frame, swept)
         if stats is not None:

@@ -95,13 +95,16 @@ def start_from(model, cfg: DictConfig, settings, output_layer: str | None) -> No
     own checkpoint (load_model) started from there already."""
     from cellmap_train.engine.init_weights import init_weights
     from cellmap_train.engine.loop import find_checkpoint
+    from cellmap_train.run_folder import checkpoint_of
 
-    path = to_absolute_path(cfg.init_from)  # a file the user names: from where the command was run
     own = find_checkpoint(settings) if settings.load_model else None
     if own is not None:
         line = f"init_from={cfg.init_from} not used: the run continues from its own checkpoint {own[1]}."
     else:
-        try:
+        try:  # a path the user names: from where the command was run
+            path, how = checkpoint_of(to_absolute_path(cfg.init_from))
+            if how and is_rank_zero():
+                print(f"init_from={cfg.init_from}: {how}: {path}")
             line = init_weights(model, path, list(cfg.classes), output_layer)
         except CheckpointError as err:
             raise CheckpointError(f"init_from: {err}") from None
@@ -143,7 +146,19 @@ def record(result: FitResult | None, cfg: DictConfig, seconds: float, error: str
         "final_metric": final.get(best_metric_name), "final_loss_val": final.get("loss/val"),
         "epochs_done": result.epochs_done if result else 0, "steps": result.steps if result else 0,
         "wall_time_s": round(seconds, 2), "checkpoint": result.checkpoint if result else None,
+        "best_checkpoint": in_run_folder(result.best_checkpoint, cfg) if result else None,
     }
+
+
+def in_run_folder(path: str | None, cfg: DictConfig) -> str | None:
+    """A path inside the run folder as relative to it, so the record still holds when the folder moves."""
+    output_dir = OmegaConf.select(cfg, "paths.output_dir")
+    if path is None or output_dir is None:
+        return path
+    try:
+        return str(Path(path).resolve().relative_to(Path(output_dir).resolve()))
+    except ValueError:  # model_save_path outside the run folder
+        return path
 
 
 @hydra.main(version_base="1.3", config_path=config_dir(), config_name=CONFIG_NAME)

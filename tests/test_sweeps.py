@@ -38,12 +38,17 @@ def saved_trainer_config(checkpoint) -> dict:
     return read_checkpoint(checkpoint)["config"]["trainer"]
 
 
-def test_summary_is_sorted_by_best_metric(run_cli, tmp_path):
+def test_summary_is_sorted_by_best_metric_and_a_new_run_starts_from_the_best_job(run_cli, tmp_path):
     run_cli("-m", *FAST, "seed=1,2,3", "hydra.sweep.dir=sweep", check=True)
     table = summary(tmp_path)
     metrics = table.best_metric.tolist()
     assert metrics == sorted(metrics, reverse=True)
     assert saved_trainer_config(table.checkpoint[0])["num_threads"] is None  # jobs one by one: torch's default
+    assert table.best_checkpoint.tolist() == ["checkpoints/2d_unet_1.pth"] * 3  # relative to each job's folder
+    proc = run_cli(*FAST, "init_from=sweep", "hydra.run.dir=tuned", check=True)
+    best = tmp_path / "sweep" / str(table.job[0]) / "checkpoints" / "2d_unet_1.pth"
+    assert f"init_from=sweep: job {table.job[0]}, the sweep's best, its best checkpoint (epoch 1, " \
+           f"dice/mean {table.best_metric[0]:.4g}): {best}" in proc.stdout
 
 
 @pytest.mark.slow

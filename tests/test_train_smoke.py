@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from pathlib import Path
@@ -51,9 +52,14 @@ def test_demo_experiment_learns_and_a_new_run_starts_from_it(run_cli, tmp_path):
     trained = tmp_path / "run" / "checkpoints" / "2d_unet_10.pth"
     assert trained.is_file()
     assert {"loss/train", "loss/val", "dice/nuc"} <= event_tags(tmp_path / "run" / "tensorboard" / "2d_unet")
-    proc = run_cli("experiment=demo", "hydra.run.dir=tuned", "classes=[mito,nuc]", "init_from=run/checkpoints/2d_unet_10.pth",
+    proc = run_cli("experiment=demo", "hydra.run.dir=tuned", "classes=[mito,nuc]", "init_from=run",
                    "epochs=1", "iterations_per_epoch=1", "lr=1e-12", check=True)
-    assert f"Initialised model weights from {trained} (92 tensors; trained on nuc, er, mito): output channels of " \
+    record = json.loads((tmp_path / "run" / "result.json").read_text())  # the run folder stands for its best checkpoint
+    best = tmp_path / "run" / record["best_checkpoint"]
+    assert record["best_checkpoint"] == f"checkpoints/2d_unet_{record['best_epoch']}.pth" and best.is_file()
+    assert f"init_from=run: its best checkpoint (epoch {record['best_epoch']}, dice/mean {record['best_metric']:.4g}): " \
+           f"{best}" in proc.stdout
+    assert f"Initialised model weights from {best} (92 tensors; trained on nuc, er, mito): output channels of " \
            f"mito, nuc taken from it." in proc.stdout
     tuned = float(re.search(r"final ([0-9.]+)", proc.stdout).group(1))
     assert tuned > max(first + 0.1, 0.7), proc.stdout

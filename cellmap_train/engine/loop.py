@@ -71,6 +71,7 @@ class FitResult:
     epochs_done: int = 0
     steps: int = 0
     checkpoint: str | None = None
+    best_checkpoint: str | None = None  # the file of best_epoch (kept when older ones are pruned)
     stopped_early: bool = False
 
 
@@ -131,6 +132,7 @@ def _fit(settings: TrainSettings, model: torch.nn.Module, optimizer: torch.optim
                 start_epoch, step = int(state["epoch"]), int(state["step"])
                 result.best_metric = float(state.get("best_metric", result.best_metric))
                 result.best_epoch = state.get("best_epoch")
+                result.best_checkpoint = checkpoint_of_epoch(save_template, settings.model_name, result.best_epoch)
                 tracked = float(state.get("tracked_metric", math.nan))
                 partial_steps, partial_loss = int(state.get("epoch_steps", 0)), float(state.get("epoch_loss_sum", 0.0))
             elif settings.model_to_load == settings.model_name:
@@ -237,6 +239,7 @@ def _fit(settings: TrainSettings, model: torch.nn.Module, optimizer: torch.optim
                             checkpoint)
             prune_checkpoints(save_template, settings.model_name, settings.keep_last, keep=[result.best_epoch])
         result.final_metrics, result.epochs_done, result.steps, result.checkpoint = metrics, epoch, step, str(checkpoint)
+        result.best_checkpoint = checkpoint_of_epoch(save_template, settings.model_name, result.best_epoch)
         result.first_metrics = result.first_metrics or metrics
         progress.line(epoch_line(epoch, settings.epochs, metrics, data.classes, val.coverage, train_seconds))
         since_best = epoch - (result.best_epoch or start_epoch)
@@ -308,6 +311,10 @@ def steps_scheduler_per_step(settings: TrainSettings, scheduler) -> bool:
     if settings.scheduler_interval == "auto":
         return isinstance(scheduler, PER_STEP_SCHEDULERS)
     return settings.scheduler_interval == "step"
+
+
+def checkpoint_of_epoch(template: Path, model_name: str, epoch: int | None) -> str | None:
+    return str(format_path(template, model_name, epoch)) if epoch is not None else None
 
 
 def ranking_tag(settings: TrainSettings) -> str:
