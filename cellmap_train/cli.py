@@ -1,8 +1,9 @@
-"""`cellmap-train`: training (Hydra overrides) plus two helper subcommands.
+"""`cellmap-train`: training (Hydra overrides) plus helper subcommands.
 
     cellmap-train [overrides]              train, same as `python -m cellmap_train`
     cellmap-train datasplit [options]      write a datasplit CSV from a folder or the S3 bucket
     cellmap-train translate config.py      print the Hydra overrides of a challenge config.py
+    cellmap-train runs [folder]            list the runs under outputs/ (or the folder), best first
 """
 
 from __future__ import annotations
@@ -83,6 +84,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     command = argv[0] if argv else None
     if command == "datasplit":
         return datasplit_main(argv[1:])
+    if command == "runs":
+        from cellmap_train.runs import main as runs_main
+
+        return runs_main(argv[1:])
     if command == "translate":
         from cellmap_train.legacy.translate import main as translate_main  # lazy: another subsystem
 

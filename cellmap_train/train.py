@@ -141,7 +141,8 @@ def record(result: FitResult | None, cfg: DictConfig, seconds: float, error: str
     best_metric_name = OmegaConf.select(cfg, "trainer.best_metric")  # None when the config lacks a trainer
     return {
         "status": status or ("failed" if error else "ok"), "error": error,
-        "best_metric_name": best_metric_name, "best_metric": result.best_metric if result else None,
+        "best_metric_name": best_metric_name, "low_is_best": OmegaConf.select(cfg, "trainer.low_is_best"),
+        "best_metric": result.best_metric if result else None,
         "best_epoch": result.best_epoch if result else None,
         "final_metric": final.get(best_metric_name), "final_loss_val": final.get("loss/val"),
         "epochs_done": result.epochs_done if result else 0, "steps": result.steps if result else 0,

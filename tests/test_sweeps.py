@@ -7,6 +7,7 @@ import pandas as pd
 import pytest
 
 from cellmap_train.cores import usable_cores
+from cellmap_train.runs import ranked, run_rows
 
 FAST = ["experiment=demo", "trainer=smoke", "model.base_features=4", "model.depth=2", "batch_size=2",
         "data.dataloader_kwargs.num_workers=0"]
@@ -30,6 +31,9 @@ def test_seed_lr_sweep_writes_summary_and_keeps_going_after_a_failure(run_cli, t
     stats = pd.read_csv(tmp_path / "sweep" / "seed_stats.csv")
     assert stats.seeds.tolist() == [2]
     assert "Sweep summary (4 jobs)" in proc.stdout and "Over seeds" in proc.stdout
+    listed = ranked(run_rows(tmp_path / "sweep"))  # `cellmap-train runs sweep`: the same jobs, from their folders
+    assert listed.run.tolist()[:2] == [str(job) for job in ok.job] and listed.status.tolist()[2:] == ["failed"] * 2
+    assert listed.overrides[0].endswith(f"seed={ok.seed.iloc[0]} lr=0.001")  # as Hydra records the swept value
 
 
 def saved_trainer_config(checkpoint) -> dict:
