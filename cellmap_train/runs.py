@@ -29,14 +29,19 @@ def run_rows(folder: Path) -> list[dict]:
         try:
             record = json.loads(record_file.read_text())
         except (OSError, ValueError) as err:
-            record = {"status": "unreadable", "error": f"{record_file.name}: {err}"}
+            record = {"error": f"{record_file.name}: {err}"}
+        if not isinstance(record, dict) or "error" in record and "status" not in record:
+            record = {"status": "unreadable", "error": record.get("error") if isinstance(record, dict) else
+                      f"{record_file.name}: holds a {type(record).__name__}, not a run record"}
         overrides_file = run_dir / ".hydra" / "overrides.yaml"
         try:
             overrides = yaml.safe_load(overrides_file.read_text()) if overrides_file.is_file() else []
         except (OSError, yaml.YAMLError):
+            overrides = None
+        if not isinstance(overrides, list):
             overrides = ["(unreadable .hydra/overrides.yaml)"]
         rows.append({**record, "run": str(run_dir.relative_to(folder)) if run_dir != folder else ".",
-                     "overrides": " ".join(str(o) for o in overrides or [])})
+                     "overrides": " ".join(str(o) for o in overrides)})
     return rows
 
 

@@ -45,11 +45,16 @@ def test_the_command_prints_the_table_and_names_a_bad_folder(tmp_path, capsys):
     a_run(tmp_path / "outputs" / "2026-12-01" / "10-00-00", ["lr=1e-3", "seed=3"], best=0.5)
     (tmp_path / "outputs" / "broken").mkdir()
     (tmp_path / "outputs" / "broken" / "result.json").write_text("{")
+    (tmp_path / "outputs" / "listed" / ".hydra").mkdir(parents=True)
+    (tmp_path / "outputs" / "listed" / "result.json").write_text("[1, 2]")
+    (tmp_path / "outputs" / "listed" / ".hydra" / "overrides.yaml").write_text("lr: 1")
     assert main([str(tmp_path / "outputs")]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].split()[:3] == ["run", "overrides", "status"]
     assert lines[1].split()[:5] == ["2026-12-01/10-00-00", "lr=1e-3", "seed=3", "ok", "dice/mean"]
     assert lines[2].split()[:3] == ["broken", "-", "unreadable"]
+    assert lines[3].split()[:3] == ["listed", "(unreadable", ".hydra/overrides.yaml)"] and lines[3].endswith(
+        "result.json: holds a list, not a run record")
     assert main([str(tmp_path / "nowhere")]) == 1
     assert capsys.readouterr().err.strip() == f"cellmap-train runs: error: {tmp_path / 'nowhere'}: no such folder"
 
