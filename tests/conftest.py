@@ -15,8 +15,9 @@ REPO = Path(__file__).resolve().parents[1]
 
 def pytest_xdist_auto_num_workers(config):
     """`-n auto`: one test process per core plus one, so that a core is not left idle while a test
-    waits (on a signal, a paused step, a retry's back-off); --maxprocesses caps it. On 2 cores the
-    suite took 769 s with 3 test processes against 843-987 s with 2 (vmstat: 3 % idle against 7 %)."""
+    waits (on a signal, a paused step, a retry's back-off); --maxprocesses caps it. On a 2-core VM
+    whose speed drifts the suite took 769 and 847 s with 3 test processes, 843 and 987 s with 2
+    (vmstat: 3 % of the CPU idle against 7 %)."""
     from cellmap_train.cores import usable_cores
 
     return usable_cores() + 1
