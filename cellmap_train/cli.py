@@ -13,7 +13,6 @@ import os
 import sys
 from typing import Sequence
 
-from cellmap_train.data.datasplit import CROP_NAME, RAW_NAME, S3_BASE_PATH, SEARCH_PATH, make_datasplit_csv
 from cellmap_train.errors import UserError
 
 
@@ -22,6 +21,8 @@ def _comma_list(text: str) -> list[str]:
 
 
 def datasplit_parser() -> argparse.ArgumentParser:
+    from cellmap_train.data.datasplit import S3_BASE_PATH  # the data package imports torch: only this subcommand pays
+
     parser = argparse.ArgumentParser(prog="cellmap-train datasplit",
                                      description="Write a datasplit CSV (the challenge's format) listing the crops under a folder or the public S3 bucket.")
     parser.add_argument("-c", "--classes", type=_comma_list, default=["nuc", "er"], help="comma-separated classes (default nuc,er)")
@@ -47,6 +48,8 @@ def datasplit_parser() -> argparse.ArgumentParser:
 
 
 def datasplit_main(argv: Sequence[str]) -> int:
+    from cellmap_train.data.datasplit import CROP_NAME, RAW_NAME, S3_BASE_PATH, SEARCH_PATH, make_datasplit_csv
+
     args = datasplit_parser().parse_args(list(argv))
     base = args.base_path or (S3_BASE_PATH if args.s3 else "data")
     options = {"anon": True} if args.s3 or "://" in base else None
