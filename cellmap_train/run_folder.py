@@ -7,11 +7,10 @@ from "that run" or "the best job of that sweep" without looking up epoch numbers
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from cellmap_train.errors import CheckpointError
-from cellmap_train.sweep import RESULT_FILE, SUMMARY_FILE
+from cellmap_train.sweep import RESULT_FILE, SUMMARY_FILE, read_result
 
 
 def checkpoint_of(path: str | Path) -> tuple[Path, str | None]:
@@ -30,11 +29,10 @@ def checkpoint_of(path: str | Path) -> tuple[Path, str | None]:
 
 
 def best_of_run(run_dir: Path) -> tuple[Path, str]:
-    record_file = run_dir / RESULT_FILE
     try:
-        record = json.loads(record_file.read_text())
+        record = read_result(run_dir)
     except (OSError, ValueError) as err:
-        raise CheckpointError(f"{record_file}: not a readable run record ({err})") from None
+        raise CheckpointError(f"{run_dir / RESULT_FILE}: not a readable run record ({err})") from None
     best, latest = record.get("best_checkpoint"), record.get("checkpoint")
     metric = record.get("best_metric_name") or "its metric"
     if best and (run_dir / best).is_file():  # kept in the folder's terms, so a copied or moved run still works

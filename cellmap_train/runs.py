@@ -9,14 +9,13 @@ best first, in one table.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 from typing import Sequence
 
 import yaml
 
-from cellmap_train.sweep import RESULT_FILE
+from cellmap_train.sweep import RESULT_FILE, read_result, recorded_overrides
 
 COLUMNS = ["run", "overrides", "status", "best_metric_name", "best_metric", "best_epoch", "epochs_done", "wall_time_s",
            "best_checkpoint", "error"]
@@ -27,15 +26,11 @@ def run_rows(folder: Path) -> list[dict]:
     for record_file in sorted(folder.rglob(RESULT_FILE)):
         run_dir = record_file.parent
         try:
-            record = json.loads(record_file.read_text())
+            record = read_result(run_dir)
         except (OSError, ValueError) as err:
-            record = {"error": f"{record_file.name}: {err}"}
-        if not isinstance(record, dict) or "error" in record and "status" not in record:
-            record = {"status": "unreadable", "error": record.get("error") if isinstance(record, dict) else
-                      f"{record_file.name}: holds a {type(record).__name__}, not a run record"}
-        overrides_file = run_dir / ".hydra" / "overrides.yaml"
+            record = {"status": "unreadable", "error": f"{RESULT_FILE}: {err}"}
         try:
-            overrides = yaml.safe_load(overrides_file.read_text()) if overrides_file.is_file() else []
+            overrides = recorded_overrides(run_dir)
         except (OSError, yaml.YAMLError):
             overrides = None
         if not isinstance(overrides, list):

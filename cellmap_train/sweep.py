@@ -39,12 +39,24 @@ def write_result(run_dir: str | os.PathLike, record: dict[str, Any]) -> Path:
     return path
 
 
+def read_result(run_dir: str | os.PathLike) -> dict[str, Any]:
+    """A run's record; OSError or ValueError (also for JSON that is not an object) when unreadable."""
+    record = json.loads((Path(run_dir) / RESULT_FILE).read_text())
+    if not isinstance(record, dict):
+        raise ValueError(f"holds a {type(record).__name__}, not a run record")
+    return record
+
+
+def recorded_overrides(run_dir: Path) -> Any:
+    """What Hydra recorded of a run's or job's overrides (.hydra/overrides.yaml, a list; [] if absent)."""
+    overrides_file = run_dir / ".hydra" / "overrides.yaml"
+    return yaml.safe_load(overrides_file.read_text()) if overrides_file.exists() else []
+
+
 def swept_values(job_dir: Path, swept_keys: list[str]) -> dict[str, str]:
     """The job's value for every swept key, read from Hydra's record of its overrides."""
-    overrides_file = job_dir / ".hydra" / "overrides.yaml"
-    overrides = yaml.safe_load(overrides_file.read_text()) if overrides_file.exists() else []
     values = {}
-    for item in overrides or []:
+    for item in recorded_overrides(job_dir) or []:
         key, _, value = str(item).lstrip("+~").partition("=")
         if key in swept_keys:
             values[key] = value
@@ -67,8 +79,7 @@ def collect(sweep_dir: Path, swept_keys: list[str]) -> "pd.DataFrame":
     rows = []
     for job_dir in sorted((p for p in sweep_dir.iterdir() if p.is_dir() and (p / ".hydra").is_dir()),
                           key=lambda p: (not p.name.isdigit(), int(p.name) if p.name.isdigit() else p.name)):
-        record_file = job_dir / RESULT_FILE
-        record = json.loads(record_file.read_text()) if record_file.exists() else {"status": "failed", "error": "no result.json (job crashed)"}
+        record = read_result(job_dir) if (job_dir / RESULT_FILE).exists() else {"status": "failed", "error": "no result.json (job crashed)"}
         rows.append({"job": job_dir.name, **swept_values(job_dir, swept_keys), **record})
     frame = pd.DataFrame(rows)
     for key in swept_keys:
