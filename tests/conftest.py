@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from warm_python import command
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -68,14 +70,15 @@ def demo_root(demo_cache) -> Path:
 
 @pytest.fixture
 def run_cli(demo_cache, tmp_path):
-    """Run `python -m cellmap_train ARGS` in a subprocess; runs land under tmp_path/outputs."""
+    """Run `python -m cellmap_train ARGS` in a subprocess; runs land under tmp_path/outputs. The
+    process is a fork of a warm interpreter (tests/warm_python.py) unless `cold=True`."""
 
     def run(*args: str, module: str = "cellmap_train", env: dict | None = None, timeout: float = 600,
-            cwd: Path | None = None, check: bool = False) -> subprocess.CompletedProcess:
+            cwd: Path | None = None, check: bool = False, cold: bool = False) -> subprocess.CompletedProcess:
         full_env = {**os.environ, "CELLMAP_TRAIN_DEMO_DIR": str(demo_cache), "PYTHONUNBUFFERED": "1", **(env or {})}
         full_env.pop("HYDRA_FULL_ERROR", None) if not (env or {}).get("HYDRA_FULL_ERROR") else None
-        proc = subprocess.run([sys.executable, "-m", module, *args], cwd=cwd or tmp_path, env=full_env,
-                              capture_output=True, text=True, timeout=timeout)
+        argv = [sys.executable, "-m", module, *args] if cold else command(module, *args)
+        proc = subprocess.run(argv, cwd=cwd or tmp_path, env=full_env, capture_output=True, text=True, timeout=timeout)
         if check and proc.returncode != 0:
             raise AssertionError(f"exit {proc.returncode}\nSTDOUT:\n{proc.stdout[-4000:]}\nSTDERR:\n{proc.stderr[-4000:]}")
         return proc

@@ -45,7 +45,7 @@ def test_demo_experiment_learns_and_a_new_run_starts_from_it(run_cli, tmp_path):
     """README command (1): the demo run ends with a checkpoint, event files and a higher Dice.
     Then init_from: a run on two of its classes, in another order, starts where it ended (one
     step at a learning rate that changes nothing), far above its own first epoch."""
-    proc = run_cli("experiment=demo", "hydra.run.dir=run", check=True)
+    proc = run_cli("experiment=demo", "hydra.run.dir=run", check=True, cold=True)  # a fresh interpreter, as a user's
     match = re.search(r"epoch 1 ([0-9.]+) -> final ([0-9.]+)", proc.stdout)
     first, final = float(match.group(1)), float(match.group(2))
     assert final > first + 0.1, proc.stdout

@@ -56,8 +56,9 @@ def build_model(model_cfg: DictConfig, model_kwargs: DictConfig | dict | None = 
 def freeze_parameters(model: nn.Module, prefixes: list[str] | None) -> str | None:
     """Keep the parameters under each module path in `prefixes` fixed (`freeze=[down]`: a U-Net's
     encoder); returns the line that says how much that is. A prefix that names no parameter is an
-    error listing the model's top-level parts. (Batch norms in a frozen part still update their
-    running statistics while training, as in any train-mode forward pass.)"""
+    error listing the model's top-level parts. Batch norms in a frozen part stay in eval mode: they
+    normalise with the running statistics they were trained with and no longer update them, so the
+    frozen part computes what it computed before (in train mode both would drift with each batch)."""
     if not prefixes:
         return None
     named = dict(model.named_parameters())
@@ -77,6 +78,16 @@ def freeze_parameters(model: nn.Module, prefixes: list[str] | None) -> str | Non
                           f"of {type(model).__name__} are under it")
     for parameter in frozen:
         parameter.requires_grad_(False)
+    norms = [module for name, module in model.named_modules()
+             if isinstance(module, nn.modules.batchnorm._BatchNorm) and any(under(name, prefix) for prefix in prefixes)]
+    for norm in norms:
+        norm.register_forward_pre_hook(_in_eval_mode)
     total = sum(p.numel() for p in named.values())
     count = sum(p.numel() for p in frozen)
-    return f"Frozen: {', '.join(prefixes)} ({len(frozen)} tensors, {count:,} of {total:,} parameters); the rest trains."
+    held = f"; its {len(norms)} batch norms keep their running statistics" if norms else ""
+    return f"Frozen: {', '.join(prefixes)} ({len(frozen)} tensors, {count:,} of {total:,} parameters{held}); the rest trains."
+
+
+def _in_eval_mode(module: nn.Module, _inputs) -> None:
+    """A frozen batch norm's forward pre-hook: whatever model.train() set, normalise as in eval."""
+    module.training = False

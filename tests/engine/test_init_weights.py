@@ -125,6 +125,21 @@ def test_freeze_stops_the_named_parts_training_and_a_wrong_name_lists_the_parts(
         freeze_parameters(unet(2), ["dow"])
 
 
+def test_batch_norms_of_a_frozen_part_keep_their_running_statistics():
+    model = unet(2)
+    assert "its 6 batch norms keep their running statistics" in freeze_parameters(model, ["down"])
+    norms = {name: module for name, module in model.named_modules() if isinstance(module, torch.nn.BatchNorm2d)}
+    before = {name: module.running_mean.clone() for name, module in norms.items()}
+    batch = torch.rand(2, 1, 16, 16) * 5
+    encoder = model.down[0]
+    expected = encoder.eval()(batch)  # the frozen part's output with its trained statistics
+    model.train()
+    assert torch.equal(encoder(batch), expected)  # a train-mode forward normalises the same way
+    model(batch).sum().backward()
+    changed = {name for name, module in norms.items() if not torch.equal(module.running_mean, before[name])}
+    assert changed == {name for name in norms if name.startswith("merge.")}
+
+
 def hparams(log_dir, keys=("init_from", "freeze")) -> dict:
     """What TensorBoard's HParams tab shows for `keys` of the run logged under `log_dir`."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -153,8 +168,8 @@ def test_fine_tuning_runs_resume_freeze_and_conflicts(run_cli, tmp_path):
     proc = run_cli(*base, "hydra.run.dir=tuned", f"init_from={first}", "freeze=[down,up,merge]", "lr=1e-2", check=True)
     assert "Frozen: down, up, merge (" in proc.stdout
     before, after = (torch.load(path, weights_only=True)["model"] for path in (first, tmp_path / "tuned/checkpoints/2d_unet_1.pth"))
-    weights = [name for name in before if name.endswith(("weight", "bias"))]  # batch norms' running statistics still move
-    assert {name for name in weights if not torch.equal(before[name], after[name])} == {"head.weight", "head.bias"}
+    # nothing else moves: the frozen batch norms' running statistics neither
+    assert {name for name in before if not torch.equal(before[name], after[name])} == {"head.weight", "head.bias"}
     assert hparams(tmp_path / "tuned" / "tensorboard") == {"init_from": str(first), "freeze": "down,up,merge"}
     proc = run_cli(*base, "hydra.run.dir=first", "load_model=latest", "epochs=2", f"init_from={first}", check=True)
     assert f"init_from={first} not used: the run continues from its own checkpoint" in proc.stdout

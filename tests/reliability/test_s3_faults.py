@@ -18,7 +18,9 @@ from cellmap_train.engine.pause_hook import ENV, MARKER
 from cellmap_train.errors import DataError
 from faults import error_line, snapshot, wait_for_marker
 
-SMALL_BUDGET = {"max_attempts": 2, "timeout": 1, "s3fs": 1}
+# few attempts, so the run gives up soon after the cut; the cut resets connections at once, so
+# the timeouts only need to outlast a slow reply before it (CI once saw a 1 s read time out)
+SMALL_BUDGET = {"max_attempts": 2, "timeout": 15, "s3fs": 1}
 # names what could not be fetched: a chunk, or the metadata of a level's array or of its group
 # (a DataLoader worker may open the arrays after the cut)
 UNREACHABLE = r"s3://cellmap-demo/\S+: storage unreachable after its retries"
@@ -50,7 +52,7 @@ def s3_run(spawn, relay, bucket: str, *args: str, pause: str, budget: dict | Non
 
 def test_a_read_during_an_outage_fails_naming_the_chunk_and_works_again_after(relay, s3_demo_bucket):
     options = {"anon": True, "client_kwargs": {"endpoint_url": relay.url},
-               "config_kwargs": {"retries": {"max_attempts": 2, "mode": "standard"}, "connect_timeout": 1, "read_timeout": 1},
+               "config_kwargs": {"retries": {"max_attempts": 2, "mode": "standard"}, "connect_timeout": 15, "read_timeout": 15},
                "retries": 1}
     level = open_level(f"{s3_demo_bucket}/jrc_demo-1/jrc_demo-1.zarr/recon-1/em/fibsem-uint8", [8, 8, 8], options)
     expected = level.read([0, 0, 0], (16, 16, 16))
@@ -67,7 +69,7 @@ def test_opening_a_level_during_an_outage_names_the_array(relay, s3_demo_bucket)
     # the group's metadata was fetched before the outage; the level array's is fetched after it
     path = f"{s3_demo_bucket}/jrc_demo-1/jrc_demo-1.zarr/recon-1/em/fibsem-uint8"
     options = {"anon": True, "client_kwargs": {"endpoint_url": relay.url},
-               "config_kwargs": {"retries": {"max_attempts": 1}, "connect_timeout": 1, "read_timeout": 1}, "retries": 1}
+               "config_kwargs": {"retries": {"max_attempts": 1}, "connect_timeout": 15, "read_timeout": 15}, "retries": 1}
     group = open_group(path, options)
     relay.cut()
     with pytest.raises(DataError, match=re.escape(f"{path}/s0: storage unreachable")):
