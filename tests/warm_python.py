@@ -14,9 +14,11 @@ subprocess's timeout, takes the run with it: the server kills a run whose shim w
 What is not the same as a fresh interpreter, so tests of those keep real `python -m` (the README
 demo run, the kill/resume tests, the install test): process groups (the run is not in the shim's),
 and anything decided once per interpreter before the fork (an import-time setting, a cached
-temporary folder). CELLMAP_TRAIN_TEST_COLD=1 makes `command` return the real command everywhere.
+temporary folder). CELLMAP_TRAIN_TEST_COLD=1 makes `command` return the real command everywhere,
+as it is off Linux (the server listens on an abstract Unix socket).
 
-Run as a script: `warm_python.py serve NAME` (the server), `warm_python.py shim NAME MODULE ARGS...`.
+Run as a script: `warm_python.py serve NAME` (the server), `warm_python.py shim NAME PID LOG MODULE
+ARGS...` (the run's stand-in; PID and LOG are the server's, to report a server that died).
 """
 
 from __future__ import annotations
@@ -28,7 +30,9 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
+from pathlib import Path
 
 COLD_ENV = "CELLMAP_TRAIN_TEST_COLD"
 # imported once by the server: what every run imports, the slowest first
@@ -40,19 +44,22 @@ _server: dict = {}
 
 def command(module: str, *args: str) -> list[str]:
     """The command line that runs `python -m module args` (warm unless CELLMAP_TRAIN_TEST_COLD=1)."""
-    if os.environ.get(COLD_ENV) == "1":
+    if os.environ.get(COLD_ENV) == "1" or sys.platform != "linux":
         return [sys.executable, "-m", module, *args]
     if not _server:
         _start_server()
-    return [sys.executable, "-I", "-S", __file__, "shim", _server["name"], module, *args]
+    server = _server["proc"]
+    return [sys.executable, "-I", "-S", __file__, "shim", _server["name"], str(server.pid), _server["log"], module, *args]
 
 
 def _start_server() -> None:
     """One server per test process, started at its first warm run and stopped when it exits."""
     name = f"cellmap-train-warm-{os.getpid()}-{time.monotonic_ns()}"
     env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}  # a run sets its own
-    proc = subprocess.Popen([sys.executable, "-u", __file__, "serve", name], env=env, stdin=subprocess.DEVNULL)
-    _server.update(name=name, proc=proc)
+    with tempfile.NamedTemporaryFile("w", prefix="cellmap-train-warm-", suffix=".log", delete=False) as log:
+        proc = subprocess.Popen([sys.executable, "-u", __file__, "serve", name], env=env, stdin=subprocess.DEVNULL,
+                                stdout=log, stderr=log)  # read by a shim if the server dies
+    _server.update(name=name, proc=proc, log=log.name)
     atexit.register(_stop_server)
 
 
@@ -63,6 +70,7 @@ def _stop_server() -> None:
         proc.wait(timeout=10)
     except subprocess.TimeoutExpired:
         proc.kill()
+    Path(_server["log"]).unlink(missing_ok=True)
 
 
 # ---- the server: imports once, forks a run per request
@@ -100,6 +108,7 @@ def serve(name: str) -> None:
                     continue
                 pid = os.fork()
                 if pid == 0:
+                    selector.close()
                     listener.close()
                     for other in list(runs.values()) + [sock]:
                         other.close()
@@ -205,25 +214,28 @@ def _run(request: dict, fds: list[int]) -> None:
 
 
 # ---- the shim: what the test started; stands in for the run
-def shim(name: str, module: str, args: list[str]) -> None:
+def shim(name: str, server_pid: int, server_log: str, module: str, args: list[str]) -> None:
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-    deadline = time.monotonic() + 300  # the server may still be importing torch
-    while True:
+    while True:  # the server may still be importing torch
         try:
             sock.connect("\0" + name)
             break
         except (ConnectionRefusedError, FileNotFoundError):
-            if time.monotonic() > deadline:
-                sys.exit(f"warm_python: no server {name} after 300 s")
+            if not _alive(server_pid):
+                log = Path(server_log).read_text(errors="replace")[-3000:]
+                sys.exit(f"warm_python: the server (pid {server_pid}) ended before it listened; its output:\n{log}")
             time.sleep(0.05)
     run_pid: list[int] = []
     pending: list[int] = []
 
     def forward(signum, _frame) -> None:
-        if run_pid:
-            os.kill(run_pid[0], signum)
-        else:
+        if not run_pid:
             pending.append(signum)
+            return
+        try:
+            os.kill(run_pid[0], signum)
+        except ProcessLookupError:  # the run has just ended; its status is on the way
+            pass
 
     for signum in FORWARDED:
         signal.signal(signum, forward)
@@ -249,8 +261,16 @@ def shim(name: str, module: str, args: list[str]) -> None:
             os._exit(code)
 
 
+def _alive(pid: int) -> bool:
+    """Whether `pid` runs (not gone, not a zombie its parent has yet to reap)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (FileNotFoundError, IndexError):
+        return False
+
+
 if __name__ == "__main__":
     if sys.argv[1] == "serve":
         serve(sys.argv[2])
     else:
-        shim(sys.argv[2], sys.argv[3], sys.argv[4:])
+        shim(sys.argv[2], int(sys.argv[3]), sys.argv[4], sys.argv[5], sys.argv[6:])

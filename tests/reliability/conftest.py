@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from faults import HERE, TINY
+from warm_python import command
 
 
 @pytest.fixture
@@ -54,14 +55,17 @@ def demo_copy(demo_root, tmp_path) -> Path:
 @pytest.fixture
 def spawn(demo_cache, tmp_path):
     """Start `python -m cellmap_train TINY... ARGS` (cwd tmp_path) as a Popen with piped output;
-    `new_session=True` makes it lead its own process group (to signal it as a terminal does)."""
+    `new_session=True` makes it lead its own process group (to signal it as a terminal does). The
+    run is a fork of a warm interpreter (tests/warm_python.py: signals to the Popen's pid reach it,
+    SIGKILL included) unless it must lead a process group: a warm run is in its server's."""
 
     def start(*args: str, env: dict | None = None, new_session: bool = False) -> subprocess.Popen:
         full_env = {**os.environ, "CELLMAP_TRAIN_DEMO_DIR": str(demo_cache), "PYTHONUNBUFFERED": "1",
                     "PYTHONPATH": os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")]), **(env or {})}
         full_env.pop("HYDRA_FULL_ERROR", None)
-        return subprocess.Popen([sys.executable, "-m", "cellmap_train", *TINY, *args], cwd=tmp_path, env=full_env,
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=new_session)
+        argv = [sys.executable, "-m", "cellmap_train", *TINY, *args] if new_session else command("cellmap_train", *TINY, *args)
+        return subprocess.Popen(argv, cwd=tmp_path, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                start_new_session=new_session)
 
     return start
 
