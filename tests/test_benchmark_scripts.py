@@ -1,5 +1,6 @@
 """The benchmark scripts stay runnable (they are not timed here: their figures live in
-benchmarks/RESULTS.md): a tiny engine benchmark with AMP, as a GPU session would run it; the
+benchmarks/RESULTS.md): a tiny engine benchmark with AMP, as a GPU session would run it (a small
+model: bf16 on a CPU is slow); the
 layout benchmark on two models; the sweep benchmark with one pair of 2-job sweeps of one-step jobs; the rotation and
 label-transport and mutual-exclusion benchmarks on small crops; the memory benchmark on the case that showed weights
 must count, where it also checks the preflight's floor against a real step. benchmarks/s3.py is left out: it takes a minute and more
@@ -21,7 +22,7 @@ REPO = Path(__file__).resolve().parents[1]
 def test_engine_benchmark_runs_with_amp(demo_cache, tmp_path):
     env = {**os.environ, "CELLMAP_TRAIN_DEMO_DIR": str(demo_cache)}
     proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "engine.py"), "--steps", "2", "--warmup", "1",
-                           "--starts", "1", "--device", "cpu", "--amp", "bf16"],
+                           "--starts", "1", "--device", "cpu", "--amp", "bf16", "batch_size=2", "model.base_features=4"],
                           cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "device cpu, amp bf16" in proc.stdout

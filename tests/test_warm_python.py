@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from warm_python import command
+from warm_python import COLD_ENV, command
 
 PROBE = '''
 import json, os, signal, sys, threading, time
@@ -30,7 +30,8 @@ threading.Thread(target=lambda: (time.sleep(0.3), print("thread done", flush=Tru
 sys.exit(int(sys.argv[1]))
 '''
 
-pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="the warm runner is Linux-only (cold elsewhere)")
+pytestmark = pytest.mark.skipif(sys.platform != "linux" or os.environ.get(COLD_ENV) == "1",
+                                reason="no warm runs: off Linux, or CELLMAP_TRAIN_TEST_COLD=1")
 
 
 @pytest.fixture
