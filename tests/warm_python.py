@@ -12,9 +12,9 @@ its standard streams, cwd and environment to the server, forwards the signals it
 and exits as the run exits (the same code, or the same signal). A shim killed by SIGKILL, or by
 subprocess's timeout, takes the run with it: the server kills a run whose shim went away.
 What is not the same as a fresh interpreter, so tests of those keep real `python -m` (the README
-demo run, the kill/resume tests, the install test): process groups (the run is not in the shim's),
-and anything decided once per interpreter before the fork (an import-time setting, a cached
-temporary folder). CELLMAP_TRAIN_TEST_COLD=1 makes `command` return the real command everywhere,
+demo run, the kill/resume tests that signal a process group, the install and safety tests): process
+groups (the run is not in the shim's), and anything decided once per interpreter before the fork
+(an import-time setting, a cached temporary folder). CELLMAP_TRAIN_TEST_COLD=1 makes `command` return the real command everywhere,
 as it is off Linux (the server listens on an abstract Unix socket).
 
 Run as a script: `warm_python.py serve NAME` (the server), `warm_python.py shim NAME PID LOG MODULE
