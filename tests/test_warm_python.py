@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from warm_python import COLD_ENV, command
+from warm_python import COLD_ENV, alive, command
 
 PROBE = '''
 import json, os, signal, sys, threading, time
@@ -74,10 +74,3 @@ def test_signals_reach_the_run_and_a_killed_shim_takes_the_run_with_it(probe):
     while alive(run) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not alive(run)
-
-
-def alive(pid: int) -> bool:
-    try:
-        return open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False

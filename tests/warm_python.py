@@ -97,9 +97,9 @@ def serve(name: str) -> None:
         for key, _ in selector.select(timeout=0.1):
             sock = key.fileobj
             if sock is listener:
-                selector.register(listener.accept()[0], selectors.EVENT_READ)
+                selector.register(listener.accept()[0], selectors.EVENT_READ)  # data: its run's pid, once forked
                 continue
-            pid = next((p for p, s in runs.items() if s is sock), None)
+            pid = key.data
             if pid is None:
                 request, fds = _receive(sock)
                 if request is None:  # the shim went away before asking
@@ -116,6 +116,7 @@ def serve(name: str) -> None:
                 for fd in fds:
                     os.close(fd)
                 runs[pid] = sock
+                selector.modify(sock, selectors.EVENT_READ, pid)
                 sock.send(b"pid %d" % pid)
             else:  # the shim hung up while its run goes on: it was killed, so is the run
                 selector.unregister(sock)
@@ -221,7 +222,7 @@ def shim(name: str, server_pid: int, server_log: str, module: str, args: list[st
             sock.connect("\0" + name)
             break
         except (ConnectionRefusedError, FileNotFoundError):
-            if not _alive(server_pid):
+            if not alive(server_pid):
                 log = Path(server_log).read_text(errors="replace")[-3000:]
                 sys.exit(f"warm_python: the server (pid {server_pid}) ended before it listened; its output:\n{log}")
             time.sleep(0.05)
@@ -261,7 +262,7 @@ def shim(name: str, server_pid: int, server_log: str, module: str, args: list[st
             os._exit(code)
 
 
-def _alive(pid: int) -> bool:
+def alive(pid: int) -> bool:
     """Whether `pid` runs (not gone, not a zombie its parent has yet to reap)."""
     try:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
