@@ -23,6 +23,11 @@ def config_dir() -> str:
     return str(checkout) if (checkout / f"{CONFIG_NAME}.yaml").is_file() else "pkg://cellmap_train.conf"
 
 
+def run_path(cfg: DictConfig, path: str) -> str:
+    """Paths in the config are relative to the run folder unless absolute."""
+    return str(Path(cfg.paths.output_dir) / str(path).format(model_name=cfg.model_name))
+
+
 def run_stamp(fmt: str) -> str:
     shared = os.environ.get(RUN_STAMP_ENV)
     return (datetime.fromisoformat(shared) if shared else datetime.now()).strftime(fmt)

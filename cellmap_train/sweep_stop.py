@@ -1,6 +1,6 @@
 """Ctrl-C or a scheduler's SIGTERM stops a whole --multirun, not just the job it lands in.
 
-A sweep's job takes signals from its start (`train.run_job`). One that a signal stops
+A sweep's job takes signals from its start (`job.run_job`). One that a signal stops
 checkpoints its step (the engine does that) and leaves STOP_FILE in the sweep folder; a job that
 starts after it finds the file and is recorded as skipped, so the summary lists every job and
 the sweep ends at once.
@@ -76,7 +76,7 @@ class SweepJobStop(StopRequest):
 
 
 def job_stop_request(launcher_target: str, sweep_dir: str | Path) -> StopRequest:
-    """What a --multirun job holds while it trains (`train.run_job`)."""
+    """What a --multirun job holds while it trains (`job.run_job`)."""
     if jobs_run_in_other_processes_here(launcher_target):
         return SweepJobStop(sweep_dir)
     return StopRequest()

@@ -16,7 +16,7 @@ from cellmap_train.sweep import write_result
 
 
 def run_folder(path, epochs=3, best_epoch=2, status="ok", error=None, keep=None):
-    """A finished run: checkpoints of `keep` (default all) epochs, result.json as train.record writes it."""
+    """A finished run: checkpoints of `keep` (default all) epochs, result.json as job.record writes it."""
     for epoch in keep if keep is not None else range(1, epochs + 1):
         (path / "checkpoints").mkdir(parents=True, exist_ok=True)
         torch.save({"model": {}, "epoch": epoch}, path / "checkpoints" / f"2d_unet_{epoch}.pth")
