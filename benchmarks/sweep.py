@@ -5,9 +5,9 @@ in one run.
 
 Target: joblib / basic <= 0.6 on 2 cores.
 
-By default each job is `experiment=demo` as shipped (10 epochs x 50 steps, about a minute
-alone; the run takes about 6 minutes on 2 cores). `--epochs` and `--iterations` shorten the
-jobs; the shorter they are, the more the start-up both launchers pay once weighs.
+By default each job is `experiment=demo` as shipped (10 epochs x 50 steps, 1-3 minutes alone
+depending on the VM; the run takes 6-10 minutes on 2 cores). `--epochs` and `--iterations`
+shorten the jobs; the shorter they are, the more the start-up both launchers pay once weighs.
 
 `--repeats N` runs the pair N times, alternated (basic, joblib, basic, joblib, ...), and prints
 each pair's ratio and their median: a shared VM's speed drifts over minutes, and a pair measured

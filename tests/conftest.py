@@ -38,7 +38,7 @@ def pytest_configure(config):
 
 def pytest_collection_modifyitems(items):
     """Longest modules first, so that none of them ends the suite alone: modules with a test marked
-    `longest` (the README demo run: a minute alone, three beside other tests), then those with a
+    `longest` (the README demo run: 2-3 minutes alone, 5-8 beside other tests), then those with a
     `slow` test, then the rest. pytest-xdist hands out whole modules in this order (with
     --no-loadscope-reorder; by default it would hand out the modules with most tests first, and
     the demo's module, with three, came last). Whole modules move, in their own order, so their
