@@ -7,6 +7,7 @@ check it (so bad data fails before training starts) and hands out DataLoaders.
 from __future__ import annotations
 
 import atexit
+import difflib
 import functools
 import logging
 import multiprocessing
@@ -191,13 +192,26 @@ def warn_of_unannotated_classes(classes: Sequence[str], crops: Mapping[str, Sequ
         other_scale = {cls for crop in crops["train"] for cls in crop.unavailable}  # said by keep_at_scale
         stale = [cls for cls in untrained if cls in on_disk and cls not in other_scale]
         hint = (f"; its crops do hold {_names(stale)}: {datasplit_path.name} was written for other classes, remove it "
-                f"to list the crops again" if stale else f"; label groups in its crops: {_names(sorted(on_disk))}")
+                f"to list the crops again" if stale else f"; label groups in its crops: {_names(sorted(on_disk))}"
+                f"{_did_you_mean(untrained, on_disk)}")
         log.warning("%s: annotated in no training crop of %s, so nothing is learnt for %s%s",
                     _classes(untrained), datasplit_path, "it" if len(untrained) == 1 else "them", hint)
     unvalidated = [cls for cls in classes if cls not in annotating("validate") and cls not in unannotated]
     if unvalidated and crops["validate"]:  # no validation crop at all: the validation set says so
         log.warning("%s: annotated in no validation crop of %s; Dice n/a every epoch",
                     _classes(unvalidated), datasplit_path)
+
+
+def _did_you_mean(names: Sequence[str], on_disk: set[str]) -> str:
+    """" (err: did you mean er?)" for each name that is close to a label group the crops hold (a
+    typo, or a longer or shorter spelling: mitochondria for mito); "" when none is."""
+    def close(name: str) -> list[str]:
+        near = difflib.get_close_matches(name, sorted(on_disk), n=2, cutoff=0.6)
+        return near or sorted(group for group in on_disk if min(len(group), len(name)) >= 3
+                              and (group.startswith(name) or name.startswith(group)))[:2]
+
+    guesses = [f"{name}: did you mean {' or '.join(near)}?" for name in names if (near := close(name))]
+    return f" ({'; '.join(guesses)})" if guesses else ""
 
 
 def _classes(names: Sequence[str]) -> str:

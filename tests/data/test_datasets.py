@@ -181,12 +181,19 @@ def test_a_class_no_training_crop_annotates_is_a_warning_naming_what_the_crops_h
     assert data.classes == ["nuc", "mitochondria"]
     assert [r.getMessage() for r in caplog.records] == [
         f"class mitochondria: annotated in no training crop of {tmp_path / 'split.csv'}, so nothing is learnt for it; "
-        f"label groups in its crops: er, mito, nuc"]
+        f"label groups in its crops: er, mito, nuc (mitochondria: did you mean mito?)"]
     caplog.clear()
     (tmp_path / "many").mkdir()  # a new datasplit
     with caplog.at_level("WARNING"):
         make_data(demo_root, tmp_path / "many", classes=["nuc", *(f"c{i}" for i in range(10))])
     assert "classes c0, c1, c2, c3, c4, c5, c6, c7 and 2 more: annotated in no training crop" in caplog.text
+    assert "did you mean" not in caplog.text  # nothing on disk is near c0 ... c9
+    caplog.clear()
+    (tmp_path / "typo").mkdir()
+    with caplog.at_level("WARNING"):
+        make_data(demo_root, tmp_path / "typo", classes=["nuc", "err", "Nuc", "mitos"])
+    assert caplog.text.rstrip().endswith("label groups in its crops: er, mito, nuc "
+                                         "(err: did you mean er?; Nuc: did you mean nuc?; mitos: did you mean mito?)")
 
 
 def test_a_datasplit_written_for_other_classes_is_named_as_the_cause(demo_root, tmp_path, caplog):
