@@ -251,10 +251,14 @@ def check_memory(cfg: DictConfig, meta: MetaRun | None, available: int | None, s
                           f"({_gib(outputs * processes)}), weights, gradients and optimizer state "
                           f"({_gib(weights * processes)}) and {batches} batches in flight ({_gib(loading * processes)}) "
                           f"in a training step, more than the {_gib(available)} available: {fix}")
-    least, most = ((outputs * factor + weights + loading) * processes for factor in STEP_OVERHEAD)
+    readers, caches = chunk_caches(cfg)  # a cap, not a need: they fill as chunks are read, so they only warn
+    least, most = ((outputs * factor + weights + loading + caches) * processes for factor in STEP_OVERHEAD)
     if most > available:
-        log.warning("%s about %s-%s of memory for a training step of model=%s, and %s is available: it may run out; %s",
-                    what, f"{least / 2**30:.1f}", _gib(most), cfg.model_name, _gib(available), fix)
+        cached = (f" and up to {_gib(caches * processes)} of decoded chunks (data.chunk_cache_mb="
+                  f"{cfg.data.chunk_cache_mb} in each of {readers * processes} loading processes)" if caches else "")
+        fix += ", or a smaller data.chunk_cache_mb" if caches else ""
+        log.warning("%s about %s-%s of memory for a training step of model=%s%s, and %s is available: it may run out; "
+                    "%s", what, f"{least / 2**30:.1f}", _gib(most), cfg.model_name, cached, _gib(available), fix)
 
 
 def model_bytes(cfg: DictConfig, meta: MetaRun, state_copies: int) -> tuple[int, int]:
@@ -273,6 +277,18 @@ def batches_in_flight(cfg: DictConfig) -> int:
     loader = OmegaConf.select(cfg, "data.dataloader_kwargs") or {}
     workers = int(loader.get("num_workers") or 0)
     return workers * int(loader.get("prefetch_factor") or 2) + 1 if workers else 1
+
+
+def chunk_caches(cfg: DictConfig) -> tuple[int, int]:
+    """(processes that read chunks, bytes their chunk caches may hold at most): every DataLoader
+    worker of the training and of the validation loader keeps its own cache of up to
+    data.chunk_cache_mb, the main process one when there are no workers. (A value that is not a
+    number counts as none here: the data's own check names it.)"""
+    loader = OmegaConf.select(cfg, "data.dataloader_kwargs") or {}
+    workers = loader.get("num_workers") or 0
+    readers = 2 * workers if _is_number(workers) and workers > 0 else 1
+    mib = OmegaConf.select(cfg, "data.chunk_cache_mb", default=0)
+    return readers, int(readers * mib * 2**20) if _is_number(mib) and mib > 0 else 0
 
 
 def batch_bytes(cfg: DictConfig) -> int:

@@ -14,7 +14,7 @@ from cellmap_train.cores import usable_cores
 from cellmap_train.errors import ConfigError
 from cellmap_train.memory import available_bytes
 from cellmap_train.preflight import (batch_bytes, batches_in_flight, check_memory, check_optimizer_and_scheduler,
-                                    meta_forward)
+                                    chunk_caches, meta_forward)
 
 GIB = 2**30
 
@@ -115,7 +115,29 @@ def test_a_batch_that_may_not_fit_is_a_warning(demo_cfg, caplog):
     assert "it may run out" in caplog.text
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="cellmap_train.preflight"):
-        check_memory(demo_cfg, meta, need * 4, 2)
+        check_memory(demo_cfg, meta, need * 4 + chunk_caches(demo_cfg)[1], 2)
+    assert caplog.text == ""
+
+
+def test_chunk_caches_of_every_loading_process_count_in_the_warning(compose_cfg, caplog):
+    """data.chunk_cache_mb is per process: the default 2 workers of the training loader and 2 of
+    the validation loader hold up to 4 x 256 MiB of decoded chunks once the data is large enough."""
+    cfg = compose_cfg("experiment=demo", "device=cpu", "batch_size=2", "data.chunk_cache_mb=256",
+                      "data.dataloader_kwargs.num_workers=2")
+    assert chunk_caches(cfg) == (4, 4 * 256 * 2**20)
+    assert chunk_caches(compose_cfg("data=demo", "data.dataloader_kwargs={num_workers:0}")) == (1, 256 * 2**20)
+    assert chunk_caches(compose_cfg("data=demo", "data.chunk_cache_mb=0"))[1] == 0
+    assert chunk_caches(compose_cfg("data=demo", "data.chunk_cache_mb=lots"))[1] == 0  # the data's own check says it
+    meta = meta_forward(cfg)
+    step = floor(cfg, meta) * 4  # above a step's most; the small model's step is far below 1 GiB
+    assert step < GIB / 4
+    with caplog.at_level(logging.WARNING, logger="cellmap_train.preflight"):
+        check_memory(cfg, meta, step, 2)
+    assert "and up to 1.0 GiB of decoded chunks (data.chunk_cache_mb=256 in each of 4 loading processes), and " \
+           in caplog.text and caplog.text.rstrip().endswith("or a smaller data.chunk_cache_mb")
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="cellmap_train.preflight"):
+        check_memory(cfg, meta, step + GIB, 2)
     assert caplog.text == ""
 
 
