@@ -57,10 +57,12 @@ def init_weights(model: torch.nn.Module, path: str | os.PathLike, classes: Seque
     if source is not None and source != list(classes) and not head:
         raise CheckpointError(f"{path}: trained on classes {source}, this run has {list(classes)}, and the model's "
                               f"output layer could not be found to match them (it does not run on the meta device)")
-    loaded = {}
+    loaded, fresh_head = {}, None
     for name, tensor in weights.items():
         mine = own[name]
-        if name in head and source is not None:
+        if name in head and source is None and tensor.shape != mine.shape and tensor.shape[1:] == mine.shape[1:]:
+            loaded[name], fresh_head = mine, tensor.shape[0]  # no names to match rows by: this layer starts fresh
+        elif name in head and source is not None:
             if tensor.shape[1:] != mine.shape[1:] or tensor.shape[0] != len(source):
                 raise CheckpointError(f"{path}: output layer {name} is {_shape(tensor)} there, {_shape(mine)} here "
                                       f"(for {len(source)} and {len(classes)} classes)")
@@ -70,12 +72,15 @@ def init_weights(model: torch.nn.Module, path: str | os.PathLike, classes: Seque
                     rows[row] = tensor[source.index(cls)]
             loaded[name] = rows
         elif tensor.shape != mine.shape:
-            hint = "" if source is not None or name not in head else \
-                " (a weights-only file does not name its classes: start from a checkpoint cellmap_train wrote)"
-            raise CheckpointError(f"{path}: {name} is {_shape(tensor)} there and {_shape(mine)} in this model{hint}")
+            raise CheckpointError(f"{path}: {name} is {_shape(tensor)} there and {_shape(mine)} in this model")
         else:
             loaded[name] = tensor
     model.load_state_dict(loaded, strict=True)
+    if fresh_head is not None:
+        kept = len(loaded) - len(head)
+        return (f"Initialised model weights from {path} ({kept} of {len(loaded)} tensors; a weights-only file, "
+                f"which does not name its classes, with {fresh_head} output channels for this run's {len(classes)}): "
+                f"the output layer starts fresh, everything else is taken from it.")
     return describe(path, source, classes, len(loaded))
 
 

@@ -83,8 +83,24 @@ def test_a_weights_only_file_loads_when_shapes_match_and_says_it_cannot_match_cl
     model = unet(2, seed=3)
     assert "weights-only file" in init_weights(model, tmp_path / "weights.pth", ["nuc", "mito"], "head")
     torch.testing.assert_close(outputs(model), outputs(trained))
-    with pytest.raises(CheckpointError, match=r"head.weight is \[2, 4, 1, 1\] there and \[3, 4, 1, 1\].*does not name its classes"):
-        init_weights(unet(3), tmp_path / "weights.pth", SOURCE, "head")
+
+
+def test_a_weights_only_file_of_another_class_count_gives_everything_but_a_fresh_output_layer(tmp_path):
+    """Nothing names its output channels, so none can be matched to this run's classes: the
+    output layer keeps its fresh initialisation (a new head on a trained network) and says so."""
+    trained = unet(2, seed=1)
+    torch.save(trained.state_dict(), tmp_path / "weights.pth")
+    model = unet(3, seed=3)
+    fresh = {name: tensor.clone() for name, tensor in model.state_dict().items()}
+    line = init_weights(model, tmp_path / "weights.pth", SOURCE, "head")
+    assert line == (f"Initialised model weights from {tmp_path / 'weights.pth'} ({len(fresh) - 2} of {len(fresh)} tensors; "
+                    f"a weights-only file, which does not name its classes, with 2 output channels for this run's 3): "
+                    f"the output layer starts fresh, everything else is taken from it.")
+    for name, tensor in model.state_dict().items():
+        assert torch.equal(tensor, fresh[name] if name.startswith("head.") else trained.state_dict()[name]), name
+    wider = unet(3, features=8)  # another width is another architecture, head or not
+    with pytest.raises(CheckpointError, match=r"down.0.0.weight is \[4, 1, 3, 3\] there and \[8, 1, 3, 3\] in this model$"):
+        init_weights(wider, tmp_path / "weights.pth", SOURCE, "head")
 
 
 def test_another_architecture_is_refused_naming_the_tensor_and_leaves_the_model_as_it_was(source):
