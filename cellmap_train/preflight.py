@@ -286,7 +286,7 @@ def chunk_caches(cfg: DictConfig) -> tuple[int, int]:
     number counts as none here: the data's own check names it.)"""
     loader = OmegaConf.select(cfg, "data.dataloader_kwargs") or {}
     workers = loader.get("num_workers") or 0
-    readers = 2 * workers if _is_number(workers) and workers > 0 else 1
+    readers = 2 * int(workers) if _is_number(workers) and workers >= 1 else 1
     mib = OmegaConf.select(cfg, "data.chunk_cache_mb", default=0)
     return readers, int(readers * mib * 2**20) if _is_number(mib) and mib > 0 else 0
 

@@ -203,8 +203,8 @@ def warn_of_unannotated_classes(classes: Sequence[str], crops: Mapping[str, Sequ
 
 
 def _did_you_mean(names: Sequence[str], on_disk: set[str]) -> str:
-    """" (err: did you mean er?)" for each name that is close to a label group the crops hold (a
-    typo, or a longer or shorter spelling: mitochondria for mito); "" when none is."""
+    """A hint such as ' (err: did you mean er?)' for each name close to a label group the crops
+    hold (a typo, or a longer or shorter spelling: mitochondria for mito); '' when none is."""
     def close(name: str) -> list[str]:
         near = difflib.get_close_matches(name, sorted(on_disk), n=2, cutoff=0.6)
         return near or sorted(group for group in on_disk if min(len(group), len(name)) >= 3
