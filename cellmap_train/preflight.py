@@ -271,12 +271,18 @@ def model_bytes(cfg: DictConfig, meta: MetaRun, state_copies: int) -> tuple[int,
     return outputs, meta.parameter_bytes + meta.trainable_bytes * (1 + state_copies)
 
 
+def _loader_count(cfg: DictConfig, key: str, default: int) -> int:
+    """A count in data.dataloader_kwargs for the estimates; `default` where it is unset, below 1
+    or not a number (the data's own check names a bad value in one line, after these estimates)."""
+    value = (OmegaConf.select(cfg, "data.dataloader_kwargs") or {}).get(key)
+    return int(value) if _is_number(value) and value >= 1 else default
+
+
 def batches_in_flight(cfg: DictConfig) -> int:
     """Training batches held at once: each DataLoader worker prepares `prefetch_factor` (torch's
     default 2) and the step holds one more."""
-    loader = OmegaConf.select(cfg, "data.dataloader_kwargs") or {}
-    workers = int(loader.get("num_workers") or 0)
-    return workers * int(loader.get("prefetch_factor") or 2) + 1 if workers else 1
+    workers = _loader_count(cfg, "num_workers", 0)
+    return workers * _loader_count(cfg, "prefetch_factor", 2) + 1 if workers else 1
 
 
 def chunk_caches(cfg: DictConfig) -> tuple[int, int]:
@@ -284,9 +290,8 @@ def chunk_caches(cfg: DictConfig) -> tuple[int, int]:
     worker of the training and of the validation loader keeps its own cache of up to
     data.chunk_cache_mb, the main process one when there are no workers. (A value that is not a
     number counts as none here: the data's own check names it.)"""
-    loader = OmegaConf.select(cfg, "data.dataloader_kwargs") or {}
-    workers = loader.get("num_workers") or 0
-    readers = 2 * int(workers) if _is_number(workers) and workers >= 1 else 1
+    workers = _loader_count(cfg, "num_workers", 0)
+    readers = 2 * workers if workers else 1
     mib = OmegaConf.select(cfg, "data.chunk_cache_mb", default=0)
     return readers, int(readers * mib * 2**20) if _is_number(mib) and mib > 0 else 0
 

@@ -43,6 +43,10 @@ CASES = {
                      "transforms.train.target: ValueError: BinarizeLabels dtype must be one of uint8, float32, got 'int8'"),
     "loader_workers_negative": (["data.dataloader_kwargs.num_workers=-1"],
                                 "data: dataloader_kwargs.num_workers=-1: must be an integer >= 0"),
+    "loader_workers_not_a_number": (["data.dataloader_kwargs.num_workers=abc"],
+                                    "data: dataloader_kwargs.num_workers='abc': must be an integer >= 0"),
+    "loader_prefetch_not_a_number": (["data.dataloader_kwargs.prefetch_factor=abc"],
+                                     "data: dataloader_kwargs.prefetch_factor='abc': must be an integer >= 1"),
     "loader_prefetch_zero": (["data.dataloader_kwargs.prefetch_factor=0"],
                              "data: dataloader_kwargs.prefetch_factor=0: must be an integer >= 1"),
     "loader_unknown_option": (["+data.dataloader_kwargs.foo=1"], "data: dataloader_kwargs: DataLoader.__init__() got an "
