@@ -121,6 +121,8 @@ def record(result: FitResult | None, cfg: DictConfig, seconds: float, error: str
     return {
         "status": status or ("failed" if error else "ok"), "error": error,
         "best_metric_name": best_metric_name, "low_is_best": OmegaConf.select(cfg, "trainer.low_is_best"),
+        # a mean Dice over [nuc, er] and one over [mito] are not the same score: listings group by it
+        "classes": classes_of(cfg),
         "best_metric": result.best_metric if result else None,
         "best_epoch": result.best_epoch if result else None,
         "final_metric": final.get(best_metric_name), "final_loss_val": final.get("loss/val"),
@@ -128,6 +130,11 @@ def record(result: FitResult | None, cfg: DictConfig, seconds: float, error: str
         "wall_time_s": round(seconds, 2), "checkpoint": result.checkpoint if result else None,
         "best_checkpoint": in_run_folder(result.best_checkpoint, cfg) if result else None,
     }
+
+
+def classes_of(cfg: DictConfig) -> list[str] | None:
+    classes = OmegaConf.select(cfg, "classes")
+    return [str(c) for c in classes] if OmegaConf.is_list(classes) else None
 
 
 def in_run_folder(path: str | None, cfg: DictConfig) -> str | None:

@@ -17,7 +17,7 @@ import yaml
 
 from cellmap_train.sweep import RESULT_FILE, read_result, recorded_overrides
 
-COLUMNS = ["run", "overrides", "status", "best_metric_name", "best_metric", "best_epoch", "epochs_done", "wall_time_s",
+COLUMNS = ["run", "overrides", "status", "classes", "best_metric_name", "best_metric", "best_epoch", "epochs_done", "wall_time_s",
            "best_checkpoint", "error"]
 
 
@@ -41,8 +41,8 @@ def run_rows(folder: Path) -> list[dict]:
 
 
 def ranked(rows: list[dict]):
-    """A table of the runs, best first within each metric (a loss ranks low first, a score high
-    first), runs without a metric (failed, stopped before an epoch) last."""
+    """A table of the runs, best first within each metric and class set (a loss ranks low first, a
+    score high first), runs without a metric (failed, stopped before an epoch) last."""
     import pandas as pd
 
     frame = pd.DataFrame(rows)
@@ -50,12 +50,15 @@ def ranked(rows: list[dict]):
         if column not in frame:
             frame[column] = None
     frame["best_metric"] = pd.to_numeric(frame["best_metric"], errors="coerce")
+    # records written before classes were kept have none: they rank among themselves
+    frame["classes"] = [" ".join(map(str, c)) if isinstance(c, list) else None for c in frame["classes"]]
     low = frame["low_is_best"] if "low_is_best" in frame else pd.Series([None] * len(frame), index=frame.index)
     # records written before low_is_best was kept: a loss is the one metric ranked low first
     low = low.where(low.notna(), frame["best_metric_name"].fillna("").str.startswith("loss")).astype(bool)
     frame["_none"] = frame["best_metric"].isna()
     frame["_key"] = frame["best_metric"].where(low, -frame["best_metric"])
-    frame = frame.sort_values(["_none", "best_metric_name", "_key", "run"], na_position="last", kind="stable")
+    frame = frame.sort_values(["_none", "best_metric_name", "classes", "_key", "run"], na_position="last",
+                              kind="stable")
     return frame[COLUMNS].reset_index(drop=True)
 
 
@@ -63,7 +66,8 @@ def shown(frame) -> tuple[str, list[str]]:
     """The table as printed, and the overrides every run shares (said once above it, not in every row)."""
     lists = [text.split() for text in frame["overrides"]]
     common = [o for o in lists[0] if all(o in other for other in lists[1:])] if len(lists) > 1 else []
-    table = frame.drop(columns=["best_checkpoint"]).astype(object)
+    same_classes = frame["classes"].nunique() <= 1  # a column only when the runs differ
+    table = frame.drop(columns=["best_checkpoint"] + (["classes"] if same_classes else [])).astype(object)
     table["overrides"] = [" ".join(o for o in items if o not in common) or "-" for items in lists]
     table = table.where(table.notna(), "-")
     return table.to_string(index=False, float_format=lambda v: f"{v:.4g}", max_colwidth=60), common

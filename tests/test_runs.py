@@ -14,12 +14,15 @@ from cellmap_train.sweep import write_result
 CLI = [sys.executable, "-c", "import sys; from cellmap_train.cli import main; sys.exit(main())"]
 
 
-def a_run(folder, overrides, metric_name="dice/mean", best=None, status="ok", low_is_best=None, error=None):
+def a_run(folder, overrides, metric_name="dice/mean", best=None, status="ok", low_is_best=None, error=None,
+          classes=("nuc", "er")):
     """A run folder as a finished run leaves it (no checkpoint files: the listing does not open them)."""
     (folder / ".hydra").mkdir(parents=True)
     (folder / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(overrides))
     record = {"status": status, "error": error, "best_metric_name": metric_name, "best_metric": best, "best_epoch": 3,
               "epochs_done": 5, "wall_time_s": 12.5, "best_checkpoint": "checkpoints/2d_unet_3.pth"}
+    if classes is not None:  # None: a record from before classes were kept
+        record["classes"] = list(classes)
     if low_is_best is not None:
         record["low_is_best"] = low_is_best
     write_result(folder, record)
@@ -39,6 +42,22 @@ def test_runs_are_ranked_within_their_metric_and_failures_come_last(tmp_path):
     text, common = shown(table)
     assert common == ["experiment=demo"]  # said once, not in every row
     assert text.splitlines()[1].split()[:3] == ["2026-12-01/11-00-00", "lr=3e-4", "ok"]
+
+
+def test_runs_on_different_classes_are_ranked_apart_and_the_column_shows_only_then(tmp_path):
+    """A mean Dice over [mito] is no better than one over [nuc, er] because it is higher."""
+    a_run(tmp_path / "a", ["lr=1e-3"], best=0.5)
+    a_run(tmp_path / "b", ["lr=3e-4"], best=0.6)
+    a_run(tmp_path / "c", ["classes=[mito]"], best=0.9, classes=["mito"])
+    a_run(tmp_path / "d", ["classes=[mito]", "lr=3e-4"], best=0.7, classes=["mito"])
+    a_run(tmp_path / "old", ["lr=1e-2"], best=0.95, classes=None)
+    table = ranked(run_rows(tmp_path))
+    assert table.run.tolist() == ["c", "d", "b", "a", "old"]
+    assert table.classes.fillna("?").tolist() == ["mito", "mito", "nuc er", "nuc er", "?"]
+    header = shown(table)[0].splitlines()[0].split()
+    assert header[:4] == ["run", "overrides", "status", "classes"]
+    same = ranked(run_rows(tmp_path / "a"))  # one class set: no column for it
+    assert "classes" not in shown(same)[0].splitlines()[0].split()
 
 
 def test_the_command_prints_the_table_and_names_a_bad_folder(tmp_path, capsys):

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from cellmap_train.runs import ranked, run_rows
+
 
 def event_tags(log_dir: Path) -> set[str]:
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -63,3 +65,8 @@ def test_demo_experiment_learns_and_a_new_run_starts_from_it(run_cli, tmp_path):
            f"mito, nuc taken from it." in proc.stdout
     tuned = float(re.search(r"final ([0-9.]+)", proc.stdout).group(1))
     assert tuned > max(first + 0.1, 0.7), proc.stdout
+    # the two runs scored different class sets: the listing says so and ranks each set on its own
+    assert record["classes"] == ["nuc", "er", "mito"]
+    assert json.loads((tmp_path / "tuned" / "result.json").read_text())["classes"] == ["mito", "nuc"]
+    table = ranked(run_rows(tmp_path))
+    assert table[["run", "classes"]].values.tolist() == [["tuned", "mito nuc"], ["run", "nuc er mito"]]
