@@ -6,7 +6,7 @@ in one run.
 Target: joblib / basic <= 0.6 on 2 cores.
 
 By default each job is `experiment=demo` as shipped (10 epochs x 50 steps, 1-3 minutes alone
-depending on the VM; the run takes 6-10 minutes on 2 cores). `--epochs` and `--iterations`
+depending on the VM; the run takes 4-10 minutes on 2 cores). `--epochs` and `--iterations`
 shorten the jobs; the shorter they are, the more the start-up both launchers pay once weighs.
 
 `--repeats N` runs the pair N times, alternated (basic, joblib, basic, joblib, ...), and prints

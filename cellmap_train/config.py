@@ -130,10 +130,15 @@ def check_shorthands(cfg: DictConfig) -> None:
         value = cfg[key]
         if isinstance(value, bool) and bool not in types or not isinstance(value, types) or not ok(value):
             raise ConfigError(f"{key}={value!r}: must be {expected}")
-    classes = cfg.get("classes")
+    check_class_list("classes", cfg.get("classes"), "nuc,mito")
+    if cfg.get("init_from_classes") is not None:  # a weights-only init_from file's output channels
+        check_class_list("init_from_classes", cfg.init_from_classes, "nuc,er,mito")
+
+
+def check_class_list(key: str, classes, example: str) -> None:
     if not isinstance(classes, ListConfig) or not classes or not all(isinstance(c, str) and c for c in classes):
         shown = OmegaConf.to_container(classes) if isinstance(classes, ListConfig) else classes
-        raise ConfigError(f"classes={shown!r}: must be a non-empty list of class names, e.g. classes=[nuc,mito]")
+        raise ConfigError(f"{key}={shown!r}: must be a non-empty list of class names, e.g. {key}=[{example}]")
     twice = next((c for i, c in enumerate(classes) if c in classes[:i]), None)
     if twice is not None:  # two output channels of one class, and its metrics written over each other
-        raise ConfigError(f"classes={list(classes)!r}: {twice!r} is listed twice")
+        raise ConfigError(f"{key}={list(classes)!r}: {twice!r} is listed twice")

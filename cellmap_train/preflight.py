@@ -60,10 +60,14 @@ def check_run_folder(cfg: DictConfig) -> None:
 
 def check_init_from(cfg: DictConfig) -> None:
     """init_from (where a new run's weights come from) and model_to_load=<another model> (the
-    same, from this run folder) would load one over the other: take one."""
+    same, from this run folder) would load one over the other: take one. init_from_classes says
+    what an init_from file holds, so alone it is a mistake."""
     if cfg.get("init_from") and cfg.get("load_model") and cfg.get("model_to_load") != cfg.get("model_name"):
         raise ConfigError(f"init_from={cfg.init_from} and model_to_load={cfg.model_to_load} both say where the "
                           f"weights come from: set one of them")
+    if cfg.get("init_from_classes") is not None and not cfg.get("init_from"):
+        raise ConfigError(f"init_from_classes={list(cfg.init_from_classes)!r} names the classes of an init_from file, "
+                          f"and init_from is not set")
 
 
 def _is_number(value) -> bool:

@@ -95,7 +95,7 @@ def start_from(model, cfg: DictConfig, settings, output_layer: str | None) -> No
             path, how = checkpoint_of(to_absolute_path(cfg.init_from))
             if how and is_rank_zero():
                 print(f"init_from={cfg.init_from}: {how}: {path}")
-            line = init_weights(model, path, list(cfg.classes), output_layer)
+            line = init_weights(model, path, list(cfg.classes), output_layer, cfg.get("init_from_classes"))
         except CheckpointError as err:
             raise CheckpointError(f"init_from: {err}") from None
     if is_rank_zero():

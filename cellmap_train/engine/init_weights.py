@@ -38,9 +38,10 @@ def output_tensors(model: torch.nn.Module, output_layer: str | None, classes: Se
 
 
 def init_weights(model: torch.nn.Module, path: str | os.PathLike, classes: Sequence[str],
-                 output_layer: str | None) -> str:
+                 output_layer: str | None, file_classes: Sequence[str] | None = None) -> str:
     """Load the weights of checkpoint `path` into `model`, whose output channels are `classes`;
-    the output layer's rows are taken by class name where the checkpoint names its classes.
+    the output layer's rows are taken by class name where the checkpoint names its classes, or
+    `file_classes` (init_from_classes) names them for a weights-only file.
     Returns the line that says what was taken."""
     state = read_checkpoint(path)
     weights = state["model"] if is_full(state) else state
@@ -53,6 +54,12 @@ def init_weights(model: torch.nn.Module, path: str | os.PathLike, classes: Seque
                          for label, names in (("missing", missing), ("unexpected", unexpected)) if names)
         raise CheckpointError(f"{path}: weights of another architecture ({what})")
     source = checkpoint_classes(state)
+    if file_classes is not None:
+        named = [str(c) for c in file_classes]
+        if source is not None and source != named:
+            raise CheckpointError(f"{path}: trained on classes {source} (saved in it), not init_from_classes={named}: "
+                                  f"leave init_from_classes out for a checkpoint that names its classes")
+        source = named
     head = output_tensors(model, output_layer, classes)
     if source is not None and source != list(classes) and not head:
         raise CheckpointError(f"{path}: trained on classes {source}, this run has {list(classes)}, and the model's "
@@ -65,7 +72,8 @@ def init_weights(model: torch.nn.Module, path: str | os.PathLike, classes: Seque
         elif name in head and source is not None:
             if tensor.shape[1:] != mine.shape[1:] or tensor.shape[0] != len(source):
                 raise CheckpointError(f"{path}: output layer {name} is {_shape(tensor)} there, {_shape(mine)} here "
-                                      f"(for {len(source)} and {len(classes)} classes)")
+                                      f"(for {len(source)} classes{' as init_from_classes names them' if file_classes else ''}"
+                                      f" and {len(classes)} classes)")
             rows = mine.clone()  # a class the checkpoint lacks keeps its fresh initialisation
             for row, cls in enumerate(classes):
                 if cls in source:
@@ -81,10 +89,11 @@ def init_weights(model: torch.nn.Module, path: str | os.PathLike, classes: Seque
         return (f"Initialised model weights from {path} ({kept} of {len(loaded)} tensors; a weights-only file, "
                 f"which does not name its classes, with {fresh_head} output channels for this run's {len(classes)}): "
                 f"the output layer starts fresh, everything else is taken from it.")
-    return describe(path, source, classes, len(loaded))
+    return describe(path, source, classes, len(loaded), named_here=file_classes is not None)
 
 
-def describe(path: str | os.PathLike, source: list[str] | None, classes: Sequence[str], tensors: int) -> str:
+def describe(path: str | os.PathLike, source: list[str] | None, classes: Sequence[str], tensors: int,
+             named_here: bool = False) -> str:
     if source is None:
         return (f"Initialised model weights from {path} ({tensors} tensors; a weights-only file: its output "
                 f"channels are taken as this run's classes, in order: {', '.join(classes)}).")
@@ -95,4 +104,5 @@ def describe(path: str | os.PathLike, source: list[str] | None, classes: Sequenc
     parts = [f"output channels of {', '.join(kept)} taken from it" if kept else "no class in common"]
     if new:
         parts.append(f"{', '.join(new)} new (fresh weights)")
-    return f"Initialised model weights from {path} ({tensors} tensors; trained on {', '.join(source)}): {'; '.join(parts)}."
+    trained = f"trained on {', '.join(source)}{', as init_from_classes says' if named_here else ''}"
+    return f"Initialised model weights from {path} ({tensors} tensors; {trained}): {'; '.join(parts)}."

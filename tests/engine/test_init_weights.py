@@ -103,6 +103,50 @@ def test_a_weights_only_file_of_another_class_count_gives_everything_but_a_fresh
         init_weights(wider, tmp_path / "weights.pth", SOURCE, "head")
 
 
+def test_init_from_classes_names_a_weights_only_files_channels_so_they_are_matched_by_name(tmp_path):
+    """The challenge's .pth files do not say what they were trained on; whoever trained it knows."""
+    trained = unet(3, seed=1)
+    torch.save(trained.state_dict(), tmp_path / "weights.pth")
+    fresh, model = unet(2, seed=2), unet(2, seed=2)
+    line = init_weights(model, tmp_path / "weights.pth", ["mito", "cell"], "head", file_classes=SOURCE)
+    assert line.endswith("tensors; trained on nuc, er, mito, as init_from_classes says): output channels of mito "
+                         "taken from it; cell new (fresh weights).")
+    got, want, untouched = outputs(model), outputs(trained), outputs(fresh)
+    torch.testing.assert_close(got[:, 0], want[:, 2])
+    assert torch.equal(model.head.weight[1], fresh.head.weight[1]) and not torch.allclose(got[:, 1], untouched[:, 1])
+    with pytest.raises(CheckpointError, match=r"output layer head.weight is \[3, 4, 1, 1\] there, \[2, 4, 1, 1\] here "
+                                              r"\(for 2 classes as init_from_classes names them and 2 classes\)"):
+        init_weights(unet(2), tmp_path / "weights.pth", ["mito", "cell"], "head", file_classes=["nuc", "mito"])
+
+
+def test_init_from_classes_must_agree_with_a_checkpoint_that_names_its_own(source):
+    trained, path = source
+    model = unet(3, seed=5)
+    assert "the same classes" in init_weights(model, path, SOURCE, "head", file_classes=SOURCE)
+    with pytest.raises(CheckpointError, match=r"source.pth: trained on classes \['nuc', 'er', 'mito'\] \(saved in it\), "
+                                              r"not init_from_classes=\['mito', 'er', 'nuc'\]"):
+        init_weights(model, path, SOURCE, "head", file_classes=["mito", "er", "nuc"])
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["init_from_classes=[nuc,er]"], "init_from_classes=['nuc', 'er'] names the classes of an init_from file, and "
+                                     "init_from is not set"),
+    (["init_from=w.pth", "init_from_classes=nuc"], "init_from_classes='nuc': must be a non-empty list of class names, "
+                                                   "e.g. init_from_classes=[nuc,er,mito]"),
+    (["init_from=w.pth", "init_from_classes=[]"], "init_from_classes=[]: must be a non-empty list of class names"),
+    (["init_from=w.pth", "init_from_classes=[nuc,er,nuc]"], "init_from_classes=['nuc', 'er', 'nuc']: 'nuc' is listed twice"),
+])
+def test_a_wrong_init_from_classes_is_one_line_before_anything_runs(compose_cfg, overrides, message):
+    from cellmap_train.config import check_shorthands
+    from cellmap_train.preflight import check_init_from
+
+    cfg = compose_cfg("experiment=demo", *overrides)
+    with pytest.raises(ConfigError) as err:
+        check_shorthands(cfg)
+        check_init_from(cfg)
+    assert str(err.value).startswith(message)
+
+
 def test_another_architecture_is_refused_naming_the_tensor_and_leaves_the_model_as_it_was(source):
     _, path = source
     model = unet(1, features=8)
@@ -187,6 +231,13 @@ def test_fine_tuning_runs_resume_freeze_and_conflicts(run_cli, tmp_path):
     # nothing else moves: the frozen batch norms' running statistics neither
     assert {name for name in before if not torch.equal(before[name], after[name])} == {"head.weight", "head.bias"}
     assert hparams(tmp_path / "tuned" / "tensorboard") == {"init_from": str(first), "freeze": "down,up,merge"}
+    weights_only = tmp_path / "weights.pth"  # the challenge's format, its classes named on the command line
+    torch.save(before, weights_only)
+    proc = run_cli(*base, "hydra.run.dir=named", f"init_from={weights_only}", "init_from_classes=[nuc,er,mito]",
+                   "classes=[mito,nuc]", "lr=1e-12", "epochs=1", "iterations_per_epoch=1", check=True)
+    assert "trained on nuc, er, mito, as init_from_classes says): output channels of mito, nuc taken from it." in proc.stdout
+    named = torch.load(tmp_path / "named" / "checkpoints" / "2d_unet_1.pth", weights_only=True)["model"]
+    torch.testing.assert_close(named["head.weight"], before["head.weight"][[2, 0]])  # one step at lr 1e-12 moves nothing
     proc = run_cli(*base, "hydra.run.dir=first", "load_model=latest", "epochs=2", f"init_from={first}", check=True)
     assert f"init_from={first} not used: the run continues from its own checkpoint" in proc.stdout
     assert "Resumed from" in proc.stdout
