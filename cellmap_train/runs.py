@@ -17,8 +17,8 @@ import yaml
 
 from cellmap_train.sweep import RESULT_FILE, read_result, recorded_overrides
 
-COLUMNS = ["run", "overrides", "status", "classes", "best_metric_name", "best_metric", "best_epoch", "epochs_done", "wall_time_s",
-           "best_checkpoint", "error"]
+COLUMNS = ["run", "overrides", "status", "classes", "best_metric_name", "best_metric", "best_epoch", "epochs_done",
+           "wall_time_s", "best_checkpoint", "error"]
 
 
 def run_rows(folder: Path) -> list[dict]:
