@@ -6,9 +6,9 @@ not executed by the trainer. Extra arguments are Hydra overrides and win, e.g.
 `python examples/train_2D.py data=demo epochs=2` tries it on the built-in demo data.
 """
 
-from upath import UPath
-
-from cellmap_segmentation_challenge.models import ResNet, UNet_2D  # noqa: F401 (names the translator maps)
+# With the challenge installed, `from cellmap_segmentation_challenge.models import ...` reads the same:
+# the translator goes by the names. These run where it is not (this project installs them).
+from cellmap_train.legacy.challenge import ResNet, UNet_2D  # noqa: F401 (names the translator maps)
 
 # %% Set hyperparameters and other configurations
 learning_rate = 0.0001  # learning rate for the optimizer
@@ -41,8 +41,8 @@ model = UNet_2D(1, len(classes))
 load_model = "latest"  # load the latest model or the best validation model
 
 # Define the paths for saving the model and logs, etc.
-logs_save_path = UPath("tensorboard/{model_name}").path  # path to save the logs from tensorboard
-model_save_path = UPath("checkpoints/{model_name}_{epoch}.pth").path  # path to save the model checkpoints
+logs_save_path = "tensorboard/{model_name}"  # path to save the logs from tensorboard
+model_save_path = "checkpoints/{model_name}_{epoch}.pth"  # path to save the model checkpoints
 datasplit_path = "datasplit.csv"  # path to the datasplit file that defines the train/val split the dataloader should use
 
 # Define the spatial transformations to apply to the training data

@@ -6,10 +6,9 @@ never executed by the trainer. The ViT-V-Net below is the challenge's choice for
 3D U-Net and ResNet are the alternatives (uncomment one block, comment the others).
 """
 
-from upath import UPath
-
-from cellmap_segmentation_challenge.models import ResNet, UNet_3D, ViTVNet  # noqa: F401
-from cellmap_segmentation_challenge.utils import get_tested_classes
+# With the challenge installed, `from cellmap_segmentation_challenge.models import ...` reads the same:
+# the translator goes by the names. These run where it is not (this project installs them).
+from cellmap_train.legacy.challenge import ResNet, UNet_3D, ViTVNet, get_tested_classes  # noqa: F401
 
 # %% Set hyperparameters and other configurations
 learning_rate = 0.0001  # learning rate for the optimizer
@@ -47,8 +46,8 @@ model = ViTVNet(len(classes), img_size=input_array_info["shape"])
 load_model = "latest"  # load the latest model or the best validation model
 
 # Define the paths for saving the model and logs, etc.
-logs_save_path = UPath("tensorboard/{model_name}").path  # path to save the logs from tensorboard
-model_save_path = UPath("checkpoints/{model_name}_{epoch}.pth").path  # path to save the model checkpoints
+logs_save_path = "tensorboard/{model_name}"  # path to save the logs from tensorboard
+model_save_path = "checkpoints/{model_name}_{epoch}.pth"  # path to save the model checkpoints
 datasplit_path = "datasplit.csv"  # path to the datasplit file that defines the train/val split the dataloader should use
 
 # Define the spatial transformations to apply to the training data

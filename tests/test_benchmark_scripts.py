@@ -101,3 +101,16 @@ def test_mutual_exclusion_benchmark_runs(tmp_path):
     row = next(line for line in proc.stdout.splitlines() if line.startswith("1x32x32")).split()
     known_off, known_on = (float(value.rstrip("%")) for value in row[-2:])
     assert float(row[3].rstrip("x")) > 0 and known_on > known_off  # 45 of 48 classes gain inferred negatives
+
+
+def test_intensity_benchmark_runs(tmp_path):
+    proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "intensity.py"), "--data-dir", str(tmp_path),
+                           "--crop-size", "64", "--samples", "3"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = [line.split() for line in proc.stdout.splitlines() if line.endswith("x")]
+    assert len(rows) == 2  # a training sample, the value transforms alone
+    for row in rows:
+        times = [float(row[i - 1]) for i, word in enumerate(row) if word == "ms"]  # default, preset, all on
+        assert len(times) == 3 and all(t > 0 for t in times)
+        assert float(row[-1].rstrip("x")) == pytest.approx(times[2] / times[0], rel=0.05)  # of 3-decimal figures

@@ -41,11 +41,22 @@ def train(config_path: str | os.PathLike, *extra: str, allow_exec: bool = False,
     except LegacyError as err:
         print(f"csc train: error: {err}", file=sys.stderr)
         return 2
+    except Exception as err:  # noqa: BLE001 - a file we did not foresee: one line, no traceback (as translate)
+        print(f"csc train: error: {config_path}:0: {type(err).__name__}: {err}", file=sys.stderr)
+        return 2
     report(plan)
+    chosen = [token.split("=", 1)[0].lstrip("+~") for token in extra]
+    if plan.unmapped_model and not {"model", "model._target_"} & set(chosen):
+        note = plan.unmapped_model
+        print(f"csc train: error: {plan.config.path}:{note.line}: {note.name}: {note.why}", file=sys.stderr)
+        return 2
     command = [sys.executable, "-m", "cellmap_train", *plan.tokens(), *extra]
     if dry_run:
         print(" ".join(command))
         return 0
+    if plan.run_folder and "hydra.run.dir" not in chosen:
+        print(f"csc train: run folder {plan.run_folder} ({plan.run_folder_origin}); running this again resumes "
+              "from its latest checkpoint", file=sys.stderr)
     env = dict(os.environ)
     if plan.python_path:  # a model class from the config's folder (--allow-exec)
         env["PYTHONPATH"] = os.pathsep.join([*plan.python_path, *filter(None, [env.get("PYTHONPATH")])])

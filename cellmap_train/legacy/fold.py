@@ -57,6 +57,7 @@ class Member:
 class Unknown:
     why: str
     line: int = 0
+    asks_machine: str | None = None  # the call or variable of the machine it depends on, e.g. torch.cuda.is_available()
 
 
 @dataclass(frozen=True)
@@ -74,9 +75,16 @@ SAFE_BUILTINS = {f.__name__: f for f in (len, list, tuple, dict, int, float, str
 SAFE_FUNCTIONS = {
     "os.path.join": posixpath.join, "os.path.dirname": posixpath.dirname, "os.path.basename": posixpath.basename,
     "os.path.normpath": posixpath.normpath, "os.path.splitext": posixpath.splitext,
-    "os.getenv": lambda key, default=None: os.environ.get(key, default),
-    "os.environ.get": lambda key, default=None: os.environ.get(key, default),
 }
+# What the machine that trains answers: never folded to this machine's answer. An environment
+# variable is read here (with a note), except those torchrun sets differently on every rank.
+MACHINE_CALLS = ("torch.cuda.", "torch.backends.mps.is_available", "torch.backends.cudnn.is_available", "torch.mps.",
+                 "torch.distributed.", "torch.accelerator.", "os.cpu_count", "multiprocessing.cpu_count",
+                 "socket.gethostname", "platform.node")
+DEVICE_COUNTS = {"torch.cuda.device_count", "torch.distributed.get_world_size", "torch.accelerator.device_count",
+                 "torch.mps.device_count"}
+ENV_READS = {"os.getenv", "os.environ.get"}
+TORCHRUN_VARIABLES = {"LOCAL_RANK", "RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "GROUP_RANK", "MASTER_ADDR", "MASTER_PORT"}
 SAFE_METHODS = {
     str: {"format", "upper", "lower", "replace", "strip", "split", "join", "startswith", "endswith", "title"},
     list: {"append", "extend", "insert", "remove", "pop", "index", "count", "copy"},
@@ -93,7 +101,13 @@ MAX_SIZE = 100_000  # refuse to fold e.g. [0] * 10**9
 
 
 class NotFoldable(Exception):
-    pass
+    def __init__(self, why: str, asks_machine: str | None = None):
+        super().__init__(why)
+        self.asks_machine = asks_machine
+
+
+def asks_machine(source: str) -> NotFoldable:
+    return NotFoldable(f"{source} asks the machine that trains; not known before it runs", source)
 
 
 def is_plain(value: Any) -> bool:
@@ -114,14 +128,17 @@ def first_unknown(value: Any) -> Unknown | None:
 
 @dataclass
 class Folder:
-    """Evaluates expression nodes against `env` (the file's names assigned so far)."""
+    """Evaluates expression nodes against `env` (the file's names assigned so far).
+    `one_device`: the machine's device count reads as 1 (the per-GPU value of a product)."""
     env: dict = field(default_factory=dict)
+    one_device: bool = False
+    env_reads: list = field(default_factory=list)  # (variable, value read) of this machine's environment
 
     def fold(self, node: ast.AST) -> Any:
         try:
             return self._eval(node)
         except NotFoldable as err:
-            return Unknown(str(err), getattr(node, "lineno", 0))
+            return Unknown(str(err), getattr(node, "lineno", 0), err.asks_machine)
         except (ArithmeticError, TypeError, ValueError, KeyError, IndexError, AttributeError) as err:
             return Unknown(f"{type(err).__name__}: {err}", getattr(node, "lineno", 0))
 
@@ -135,8 +152,15 @@ class Folder:
         value = self._eval(node)
         unknown = first_unknown(value)
         if unknown is not None:
-            raise NotFoldable(unknown.why)
+            raise NotFoldable(unknown.why, unknown.asks_machine)
         return value
+
+    def _truth(self, node: ast.AST) -> bool:
+        """A condition's truth; what a recorded call returns is only known by running it."""
+        value = self._known(node)
+        if isinstance(value, (Call, Member)):
+            raise NotFoldable(f"the truth of {ast.unparse(node)} is only known by running it")
+        return bool(value)
 
     def _eval_Constant(self, node):
         return node.value
@@ -145,7 +169,7 @@ class Folder:
         if node.id in self.env:
             value = self.env[node.id]
             if isinstance(value, Unknown):
-                raise NotFoldable(f"uses {node.id}, which is not known statically ({value.why})")
+                raise NotFoldable(f"uses {node.id}, which is not known statically ({value.why})", value.asks_machine)
             return value
         if node.id in SAFE_BUILTINS:
             return SAFE_BUILTINS[node.id]
@@ -172,6 +196,8 @@ class Folder:
 
     def _eval_Subscript(self, node):
         base = self._known(node.value)
+        if isinstance(base, Ref) and base.path == "os.environ" and not base.local:
+            return self._read_env(self._known(node.slice), None, required=True)
         if isinstance(base, (Ref, Call, LocalDef, Member)):
             raise NotFoldable("indexing a constructed object is not folded statically")
         return base[self._known(node.slice)]
@@ -202,26 +228,29 @@ class Folder:
         return BIN_OPS[op](left, right)
 
     def _eval_UnaryOp(self, node):
+        if isinstance(node.op, ast.Not):
+            return not self._truth(node.operand)
         return UNARY_OPS[type(node.op)](self._known(node.operand))
 
     def _eval_BoolOp(self, node):
-        values = [self._known(v) for v in node.values]
-        result = values[0]
-        for value in values[1:]:
-            result = (result and value) if isinstance(node.op, ast.And) else (result or value)
-        return result
+        for value in node.values[:-1]:  # Python's short circuit: the first false (and) / true (or) value
+            if self._truth(value) != isinstance(node.op, ast.And):
+                return self._known(value)
+        return self._known(node.values[-1])
 
     def _eval_Compare(self, node):
         left = self._known(node.left)
         for op, comparator in zip(node.ops, node.comparators):
             right = self._known(comparator)
+            if any(isinstance(v, (Call, Member)) for v in (left, right)):  # an object built when the file runs
+                raise NotFoldable(f"{ast.unparse(node)} compares what only running the file makes")
             if not COMPARE_OPS[type(op)](left, right):
                 return False
             left = right
         return True
 
     def _eval_IfExp(self, node):
-        return self._eval(node.body) if self._known(node.test) else self._eval(node.orelse)
+        return self._eval(node.body) if self._truth(node.test) else self._eval(node.orelse)
 
     def _eval_JoinedStr(self, node):
         return "".join(str(self._eval_FormattedValue(v)) if isinstance(v, ast.FormattedValue) else v.value
@@ -258,15 +287,18 @@ class Folder:
         return dict(self._comprehension(node, lambda f: (f._known(node.key), f._eval(node.value))))
 
     def _comprehension(self, node, produce):
+        def scope(env):  # the comprehension's own names, this folder's settings and notes
+            return Folder(env, self.one_device, self.env_reads)
+
         def walk(generators, env):
             if not generators:
-                yield produce(Folder(env))
+                yield produce(scope(env))
                 return
             gen, rest = generators[0], generators[1:]
-            for item in Folder(env)._known(gen.iter):
+            for item in scope(env)._known(gen.iter):
                 inner = dict(env)
                 bind_target(gen.target, item, inner)
-                if all(Folder(inner)._known(cond) for cond in gen.ifs):
+                if all(scope(inner)._truth(cond) for cond in gen.ifs):
                     yield from walk(rest, inner)
         return walk(node.generators, dict(self.env))
 
@@ -298,6 +330,12 @@ class Folder:
         return value
 
     def _call_ref(self, func: Ref, args, kwargs, node):
+        if not func.local and func.path in DEVICE_COUNTS and self.one_device:
+            return 1
+        if not func.local and func.path.startswith(MACHINE_CALLS):
+            raise asks_machine(f"{func.path}()")
+        if not func.local and func.path in ENV_READS:
+            return self._read_env(*map(self._plain, args), **{k: self._plain(v) for k, v in kwargs.items()})
         if func.path in SAFE_FUNCTIONS and not func.local:
             return SAFE_FUNCTIONS[func.path](*map(self._plain, args), **{k: self._plain(v) for k, v in kwargs.items()})
         if func.path in PATH_TYPES:
@@ -307,6 +345,20 @@ class Folder:
                 raise NotFoldable("get_tested_classes() with a custom csv_path needs the file")
             return list(TESTED_CLASSES)
         return Call(func, args, kwargs, node.lineno, ast.unparse(node))
+
+
+    def _read_env(self, key, default=None, required: bool = False):
+        if not isinstance(key, str):
+            raise NotFoldable(f"environment variable name {key!r} is not a string")
+        if key in TORCHRUN_VARIABLES:
+            if self.one_device and key in ("WORLD_SIZE", "LOCAL_WORLD_SIZE"):
+                return "1"
+            raise asks_machine(f"the environment variable {key} (torchrun sets it for each process)")
+        if required and key not in os.environ:
+            raise NotFoldable(f"the environment variable {key} is not set here")
+        value = os.environ.get(key, default)
+        self.env_reads.append((key, value))
+        return value
 
 
 def bind_target(target: ast.AST, value: Any, env: dict) -> list[str]:

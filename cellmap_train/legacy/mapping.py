@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import difflib
 from numbers import Real
 from pathlib import Path
 from typing import Any
 
-from cellmap_train.legacy.fold import Call, PathValue, Ref, first_unknown
-from cellmap_train.legacy.objects import (callee, custom_model_target, map_criterion, map_custom_model, map_model,
+from cellmap_train.legacy.fold import Call, LocalDef, PathValue, Ref, first_unknown
+from cellmap_train.legacy.machine import settle_machine_values
+from cellmap_train.legacy.objects import (custom_model_target, map_criterion, map_custom_model, map_model,
                                           map_model_by_name, map_optimizer, map_scheduler, needs_execution)
 from cellmap_train.legacy.plan import Plan
 from cellmap_train.legacy.reader import ConfigFile
+from cellmap_train.legacy.run_folder import map_run_folder
+from cellmap_train.legacy.value_transforms import map_spatial_transforms, map_value_transforms
 
 # what a value must be: (test, words for the error)
 NUMBER = (lambda v: isinstance(v, Real) and not isinstance(v, bool), "a number")
@@ -52,12 +56,19 @@ SIMPLE = {
 UNSUPPORTED = {
     "debug_memory": "memory debugging is not supported",
 }
-SPATIAL_AXES = "zyx"
+# read by the challenge's get_dataloader(config=...) only, never by its train(): reported with what happens here
+DATALOADER_ONLY = {
+    "random_validation": "validation here always covers the same tiles (a time or batch limit takes the first ones), "
+                         "as the challenge's train() passes no random_validation; ignored",
+    "train_micro_batch_size_per_gpu": "the challenge's train() uses batch_size; batch_size here is per process "
+                                      "(per GPU under torchrun) already: set batch_size to use this value; ignored",
+    "kwargs": "extra DataLoader arguments of get_dataloader(config=...); set them with data.dataloader_kwargs.<name>; ignored",
+}
 # every variable the challenge reads: anything else in the file is a helper and only used for folding
-READ = {*SIMPLE, *UNSUPPORTED, "classes", "input_array_info", "target_array_info", "load_model", "model", "model_kwargs",
-        "optimizer", "scheduler", "scheduler_kwargs", "criterion", "criterion_kwargs", "weight_loss",
-        "force_all_classes", "dataloader_kwargs", "spatial_transforms", "train_raw_value_transforms",
-        "val_raw_value_transforms", "target_value_transforms", "low_is_best"}
+READ = {*SIMPLE, *UNSUPPORTED, *DATALOADER_ONLY, "classes", "input_array_info", "target_array_info", "load_model",
+        "model", "model_kwargs", "optimizer", "scheduler", "scheduler_kwargs", "criterion", "criterion_kwargs",
+        "weight_loss", "force_all_classes", "dataloader_kwargs", "spatial_transforms", "train_raw_value_transforms",
+        "val_raw_value_transforms", "target_value_transforms", "low_is_best", "base_experiment_path"}
 
 
 def check(plan: Plan, name: str, value: Any, kind) -> Any:
@@ -71,6 +82,7 @@ def check(plan: Plan, name: str, value: Any, kind) -> Any:
 def build_plan(config: ConfigFile, allow_exec: bool = False) -> Plan:
     plan = Plan(config, allow_exec=allow_exec)
     values = {k: v for k, v in config.values.items() if k in READ}
+    settle_machine_values(plan, values)
     for name, value in values.items():
         unknown = first_unknown(value if not isinstance(value, Call) else [])
         why = needs_execution(value) if isinstance(value, Call) and name != "model" else None
@@ -79,6 +91,7 @@ def build_plan(config: ConfigFile, allow_exec: bool = False) -> Plan:
     if plan.needs_exec:
         return plan
     plan.group("data", "cellmap")  # the challenge always trains on the real data (local or S3)
+    map_run_folder(plan, values)
     classes = map_classes(plan, values)
     shape = map_array_info(plan, values)
     for name, (key, kind) in SIMPLE.items():
@@ -99,7 +112,22 @@ def build_plan(config: ConfigFile, allow_exec: bool = False) -> Plan:
     for name, why in UNSUPPORTED.items():
         if values.get(name):
             plan.note(name, why)
+    for name, why in DATALOADER_ONLY.items():
+        if name in values:
+            plan.note(name, f"read only by the challenge's get_dataloader(config=...), not by its train(): {why}")
+    report_helpers(plan)
     return plan
+
+
+def report_helpers(plan: Plan) -> None:
+    """Every other variable of the file, with its line: the challenge's train() never reads it (a
+    misspelt setting shows here, with the name it was likely meant to be)."""
+    for name, value in plan.config.values.items():
+        if name in READ or name.startswith("_") or isinstance(value, (Ref, LocalDef)):
+            continue
+        close = difflib.get_close_matches(name, sorted(READ), n=1, cutoff=0.8)
+        hint = f"; did you mean {close[0]}?" if close else " (a helper of the file)"
+        plan.note(name, f"not a setting the challenge's train() reads{hint}")
 
 
 def dict_of(plan: Plan, values: dict, name: str) -> dict:
@@ -120,6 +148,12 @@ def map_classes(plan: Plan, values: dict) -> list:
 
 
 def array_info(plan: Plan, name: str, info: Any) -> dict:
+    if isinstance(info, dict) and set(info) != {"shape", "scale"} and info and all(isinstance(v, dict) for v in info.values()):
+        if len(info) > 1:  # the challenge's named arrays: {"raw": {...}, "raw_4nm": {...}}
+            raise plan.error(name, f"{len(info)} named arrays ({', '.join(map(str, info))}): the models here take "
+                                   "one input array and predict one target array; keep one")
+        (key, info), = info.items()
+        plan.note(name, f"the one named array {key!r} is the {'input' if name.startswith('input') else 'target'}")
     if not isinstance(info, dict) or set(info) != {"shape", "scale"}:
         raise plan.error(name, f"must be a dict with exactly 'shape' and 'scale', got {info!r}")
     shape, scale = info["shape"], info["scale"]
@@ -149,6 +183,8 @@ def map_load_model(plan: Plan, values: dict) -> None:
 
 def map_model_choice(plan: Plan, values: dict, n_classes: int, shape: list) -> None:
     model = values.get("model")
+    if model is not None and values.get("model_kwargs"):
+        plan.note("model_kwargs", "ignored: the file builds `model` itself (so does the challenge)")
     if model is not None:
         why = needs_execution(model)
         if why and plan.allow_exec and isinstance(model, Call):
@@ -175,43 +211,3 @@ def map_data_options(plan: Plan, values: dict) -> None:
     if "low_is_best" in values:
         plan.set("trainer.best_metric", "loss/val")  # the challenge ranks epochs by validation loss
         plan.set("trainer.low_is_best", check(plan, "low_is_best", values["low_is_best"], BOOLEAN))
-
-
-def map_spatial_transforms(plan: Plan, values: dict, shape: list) -> None:
-    if "spatial_transforms" not in values:
-        return
-    spec = values["spatial_transforms"]
-    if spec is None or spec == {}:
-        plan.set("transforms.train.spatial", None)
-        return
-    if not isinstance(spec, dict) or set(spec) - {"mirror", "transpose", "rotate"}:
-        raise plan.error("spatial_transforms", f"must be a dict of mirror/transpose/rotate, got {spec!r}")
-    axes = {kind: (spec[kind] or {}).get("axes") if isinstance(spec.get(kind), dict) else None for kind in spec}
-    flat = len(shape) == 2 or shape[0] == 1
-    mirror, rotate = axes.get("mirror"), axes.get("rotate")
-    # zeros for the axes not named, so the dicts replace (not merge into) the defaults
-    plan.set("transforms.train.spatial.mirror", {a: float(mirror.get(a, 0.0)) for a in SPATIAL_AXES} if mirror else None)
-    plan.set("transforms.train.spatial.transpose", list(axes.get("transpose") or []) or None)
-    if rotate and flat and set(rotate) - {"z"}:
-        plan.note("spatial_transforms", "rotation about x/y of a 2D sample is done in its plane (about z)")
-        low = min(r[0] for r in rotate.values())
-        rotate = {"z": [low, max(r[1] for r in rotate.values())]}
-    plan.set("transforms.train.spatial.rotate",
-             {a: list(rotate.get(a, [0, 0])) for a in SPATIAL_AXES} if rotate else None)
-
-
-def map_value_transforms(plan: Plan, values: dict) -> None:
-    for name in ("train_raw_value_transforms", "val_raw_value_transforms", "target_value_transforms"):
-        if name not in values:
-            continue
-        steps = values[name]
-        steps = steps.args[0] if isinstance(steps, Call) and callee(steps).endswith("Compose") and steps.args else [steps]
-        scaled = False  # ToDtype(..., scale=True) before Binarize moves its threshold to [0, 1]
-        for step in steps if isinstance(steps, (list, tuple)) else [steps]:
-            kind = callee(step).rsplit(".", 1)[-1] if isinstance(step, (Call, Ref)) else repr(step)
-            scaled = scaled or kind == "ToDtype" and isinstance(step, Call) and bool(step.kwargs.get("scale"))
-            if kind == "Binarize" and name == "target_value_transforms" and isinstance(step, Call):
-                threshold = (step.args or [step.kwargs.get("threshold", 0)])[0]
-                plan.set("transforms.train.target.threshold", 0 if scaled else threshold)
-            elif kind not in ("ToDtype", "NaNtoNum", "Normalize"):  # ours: raw scaled to [0, 1], NaN-free
-                plan.note(name, f"{kind} has no equivalent in transforms/; ignored")

@@ -7,6 +7,7 @@ from typing import Any
 
 from cellmap_train.legacy.fold import Call, LocalDef, Member, Ref, first_unknown, is_plain
 from cellmap_train.legacy.plan import Override, Plan, plain
+from cellmap_train.legacy.reader import Note
 
 OPTIMIZER_GROUPS = {"Adam": "adam", "AdamW": "adamw", "RAdam": "radam", "SGD": "sgd"}
 TORCH_DEFAULT_LR = {"Adam": 1e-3, "AdamW": 1e-3, "RAdam": 1e-3, "SGD": 1e-3}
@@ -67,8 +68,15 @@ def map_model_by_name(plan: Plan, model_name: str, kwargs: dict, n_classes: int,
         map_resnet(plan, {"ndims": int(dims[0]), "output_nc": n_classes, **kwargs}, n_classes)
     elif "vitnet" in lowered:
         map_vitnet(plan, {"out_channels": n_classes, **kwargs}, n_classes, shape)
-    else:
-        raise plan.error("model_name", f"{model_name!r} names no model the challenge builds (2d/3d unet or resnet, vitnet)")
+    else:  # a config for another trainer: everything else still translates
+        plan.group("model", "custom")
+        if kwargs:
+            plan.set("model_kwargs", kwargs)
+        why = (f"{model_name!r} is no model the challenge builds (2d/3d unet or resnet, vitnet) and the file builds none; "
+               "add model=custom model._target_=<package.Class> (your network, importable; it is given in_channels, "
+               f"out_channels{' and model_kwargs' if kwargs else ''})")
+        plan.note("model_name", why)
+        plan.unmapped_model = Note(plan.config.lines.get("model_name", 0), "model_name", why)
 
 
 def set_channels(plan: Plan, args: dict, in_key: str, out_key: str, n_classes: int) -> None:
@@ -188,7 +196,9 @@ def map_scheduler(plan: Plan, value: Any, kwargs: dict) -> None:
         return
     name = callee(value).rsplit(".", 1)[-1]
     group = SCHEDULER_GROUPS.get(name) if callee(value).startswith("torch.optim") else None
-    args = {**bind_args(value, ["optimizer"]), **kwargs} if isinstance(value, Call) else dict(kwargs)
+    if isinstance(value, Call) and kwargs:  # the challenge passes scheduler_kwargs to a class only
+        plan.note("scheduler_kwargs", "ignored: the file builds the scheduler itself (so does the challenge)")
+    args = bind_args(value, ["optimizer"]) if isinstance(value, Call) else dict(kwargs)
     args.pop("optimizer", None)
     if group:
         plan.group("scheduler", group)

@@ -87,6 +87,9 @@ class Plan:
     overrides: list[Override] = field(default_factory=list)
     needs_exec: list[Note] = field(default_factory=list)
     python_path: list[str] = field(default_factory=list)  # folders a custom model is imported from
+    run_folder: str | None = None  # where `csc train` trains (hydra.run.dir), and why there
+    run_folder_origin: str = ""
+    unmapped_model: Note | None = None  # a model_name nothing here builds: training needs model._target_
 
     @property
     def notes(self) -> list[Note]:

@@ -4,12 +4,15 @@ top-level statements with the folder to get the value of every variable. Nothing
 from __future__ import annotations
 
 import ast
+import copy
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from cellmap_train.errors import ConfigError
-from cellmap_train.legacy.fold import Folder, LocalDef, NotFoldable, Ref, Unknown, bind_target
+from cellmap_train.legacy.device_count import is_device_count, per_device
+from cellmap_train.legacy.fold import Call, Folder, LocalDef, Member, NotFoldable, Ref, Unknown, bind_target
 
 # Calls that run programs or code: a config that makes them at import time is refused.
 DANGEROUS = {"eval", "exec", "compile", "__import__", "breakpoint", "os.system", "os.popen", "os.remove",
@@ -42,6 +45,7 @@ class ConfigFile:
     values: dict[str, Any] = field(default_factory=dict)
     lines: dict[str, int] = field(default_factory=dict)
     notes: list[Note] = field(default_factory=list)
+    per_device: dict[str, tuple[Any, str]] = field(default_factory=dict)  # name -> (value on one GPU, the count it scaled by)
 
     def note(self, line: int, name: str, why: str) -> None:
         self.notes.append(Note(line, name, why))
@@ -129,12 +133,14 @@ class Walker:
         self.folder_dir = path.resolve().parent
         self.config = config
         self.folder = Folder({"__file__": str(path), "__name__": "config"})
+        self.count_names: set[str] = set()  # names assigned the machine's device count
 
     def run(self, statements: list[ast.stmt]) -> None:
         for stmt in statements:
             handler = getattr(self, f"_{type(stmt).__name__}", None)
             if handler is not None:
                 handler(stmt)
+                self.note_env_reads(stmt)
             elif not isinstance(stmt, (ast.Pass, ast.Assert, ast.Global, ast.Nonlocal)):
                 self._unknown_block(stmt, f"assigned inside a top-level {type(stmt).__name__.lower()} statement")
 
@@ -174,6 +180,23 @@ class Walker:
         value = self.folder.fold(stmt.value)
         for target in stmt.targets:
             self.bind(target, value, stmt.lineno)
+            if not isinstance(target, ast.Name):
+                continue
+            if is_device_count(stmt.value, self.folder.env, self.count_names):
+                self.count_names.add(target.id)
+            if isinstance(value, Unknown) and value.asks_machine:
+                scaled = per_device(self.folder.env, stmt.value, self.count_names)
+                if scaled is not None:
+                    self.config.per_device[target.id] = scaled
+
+    def note_env_reads(self, stmt: ast.stmt) -> None:
+        """A value read from this machine's environment is that of the machine translating it."""
+        for key, value in self.folder.env_reads:
+            shown = f"{value!r}" if key in os.environ else f"unset here, so {value!r}"
+            names = [ast.unparse(t) for t in getattr(stmt, "targets", [getattr(stmt, "target", None)]) if t is not None]
+            self.config.note(stmt.lineno, ", ".join(names) or "environment",
+                             f"reads the environment variable {key} of this machine ({shown}); the translation holds that value")
+        self.folder.env_reads.clear()
 
     def _AnnAssign(self, stmt: ast.AnnAssign) -> None:
         if stmt.value is not None:
@@ -205,10 +228,35 @@ class Walker:
         if is_main_guard(stmt):
             return
         test = self.folder.fold(stmt.test)
+        self.note_env_reads(stmt)
+        if isinstance(test, (Call, Member)):
+            test = Unknown(f"the truth of {ast.unparse(stmt.test)} is only known by running it")
         if isinstance(test, Unknown):
-            self._unknown_block(stmt, f"assigned under a condition not known statically ({test.why})")
+            self._both_branches(stmt, f"assigned under a condition not known statically ({test.why})", test.asks_machine)
         else:
             self.run(stmt.body if test else stmt.orelse)
+
+    def _both_branches(self, stmt: ast.If, why: str, machine: str | None) -> None:
+        """Under a condition only running tells, each branch is walked on its own copy of the names:
+        a name both leave with the same value keeps it (`batch_size = 16` either way), any other
+        name they touch is unknown."""
+        before = self.folder.env
+        try:
+            branches = [copy.deepcopy(before), copy.deepcopy(before)]
+        except Exception:  # noqa: BLE001 - a value that cannot be copied: fall back to "unknown"
+            self._unknown_block(stmt, why, machine)
+            return
+        for env, body in zip(branches, (stmt.body, stmt.orelse)):
+            self.folder.env = env
+            self.run(body)
+        self.folder.env = before
+        first, second = branches
+        for name in set(first) | set(second):
+            if name in first and name in second and first[name] == second[name]:
+                before[name] = first[name]
+            else:
+                before[name] = Unknown(why, stmt.lineno, machine)
+                self.config.lines[name] = stmt.lineno
 
     def _Try(self, stmt: ast.Try) -> None:
         self.run(stmt.body + stmt.orelse + stmt.finalbody)  # as if nothing raised
@@ -218,10 +266,10 @@ class Walker:
             if isinstance(target, ast.Name):
                 self.folder.env.pop(target.id, None)
 
-    def _unknown_block(self, stmt: ast.stmt, why: str) -> None:
+    def _unknown_block(self, stmt: ast.stmt, why: str, machine: str | None = None) -> None:
         for node in ast.walk(stmt):
             if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store):
-                self.folder.env[node.id] = Unknown(why, stmt.lineno)
+                self.folder.env[node.id] = Unknown(why, stmt.lineno, machine)
                 self.config.lines[node.id] = stmt.lineno
 
 

@@ -78,8 +78,9 @@ def fill_from_execution(config: ConfigFile, path: Path) -> None:
     except Exception as err:  # noqa: BLE001 - the user's file: report, do not crash
         raise LegacyError(config.path, 0, "--allow-exec", f"importing the file failed: {type(err).__name__}: {err}") from None
     for key, static in config.values.items():
-        if key in READ and first_unknown(static) is not None and hasattr(module, key):
-            config.values[key] = runtime_plain(getattr(module, key))
+        machine = isinstance(static, Unknown) and static.asks_machine and (key == "device" or key in config.per_device)
+        if key in READ and first_unknown(static) is not None and hasattr(module, key) and not machine:
+            config.values[key] = runtime_plain(getattr(module, key))  # (not this machine's device or GPU count)
 
 
 # ---- make the overrides valid for the composed tree --------------------------------------
@@ -128,7 +129,9 @@ def settle(plan: Plan) -> None:
     tree = OmegaConf.to_container(compose_tokens(choices), resolve=False)
     settled = []
     for override in plan.overrides:
-        if override.kind == "set" and not has_key(tree, override.key):
+        if override.key.startswith("hydra."):  # Hydra's own node: not in the composed tree, but always there
+            pass
+        elif override.kind == "set" and not has_key(tree, override.key):
             override.kind = "add"
         elif override.kind == "set" and isinstance(override.value, dict) and keys_at(tree, override.key) not in (None, set(override.value)):
             settled.append(Override(override.key, None))  # a dict override merges; null first makes it replace
@@ -146,6 +149,8 @@ def to_yaml(plan: Plan) -> str:
     """An experiment file: `# @package _global_`, group choices as `override /group:`, values nested."""
     defaults, tree = [], {}
     for override in plan.overrides:
+        if override.key.startswith("hydra."):  # an experiment runs in a folder of its own; csc train's is noted
+            continue
         if override.kind in ("group", "delete") and "." not in override.key:
             defaults = [d for d in defaults if d[0] != override.key] + [(override.key, override.value)]
         elif override.kind == "delete":
@@ -158,12 +163,15 @@ def to_yaml(plan: Plan) -> str:
             node[leaf] = override.value
     body = OmegaConf.to_yaml(OmegaConf.create(tree)) if tree else ""
     lines = ["# @package _global_", f"# Translated from {plan.config.path} by {PROG}", "defaults:"]
+    if plan.run_folder:
+        lines.insert(2, f"# csc train runs it in {plan.run_folder} ({plan.run_folder_origin}); to resume there, add "
+                        f"hydra.run.dir={plan.run_folder}")
     lines += [f"  - override /{group}: {option if option is not None else 'null'}" for group, option in defaults]
-    return "\n".join(lines if defaults else lines[:2]) + "\n" + body
+    return "\n".join(lines if defaults else lines[:-1]) + "\n" + body
 
 
 def report(plan: Plan) -> None:
-    for note in plan.notes:
+    for note in sorted(dict.fromkeys(plan.notes), key=lambda n: n.line):  # in the file's order, each once
         print(f"{plan.config.path}:{note.line}: {note.name}: {note.why}", file=sys.stderr)
     for token in plan.tokens():
         if any(c.isspace() for c in token):

@@ -36,6 +36,11 @@ BAD_FILES = [
     ("aliased_system.py", 2, "os.system: runs code"),
     ("model_defined_here.py", 18, "TinyNet is defined in the config file; needs execution"),
     ("localmod/uses_local_module.py", 2, "imported from a local module"),
+    ("normalize_std_zero.py", 2, "train_raw_value_transforms: torchvision.transforms.v2.Normalize: std 0 divides by zero"),
+    ("two_named_arrays.py", 2, "input_array_info: 2 named arrays (raw, raw_4nm): the models here take one input array"),
+    ("machine_condition.py", 2, "batch_size: not known without running the file: assigned under a condition not known "
+                                "statically (torch.cuda.is_available() asks the machine that trains; not known before it "
+                                "runs); needs execution (--allow-exec imports the file)"),
 ]
 
 
@@ -76,6 +81,13 @@ def test_allow_exec_imports_the_file_but_not_its_main_block(tmp_path):
         assert token in lines
     assert "PYTHONPATH" in proc.stderr
     assert marker.read_text() == "imported" and not Path(f"{marker}.main").exists()
+
+
+def test_allow_exec_never_takes_this_machines_device_or_gpu_count():
+    lines = translate("--allow-exec", str(MALFORMED / "exec_device_idiom.py"))
+    assert lines.returncode == 0, lines.stderr
+    assert {"device=null", "batch_size=2", "model._target_=exec_device_idiom.Net"} <= set(lines.stdout.splitlines())
+    assert "exec_device_idiom.py:10: device: depends on torch.cuda.is_available()" in lines.stderr
 
 
 def test_csc_train_allow_exec_trains_a_model_defined_in_the_file(run_cli, tmp_path):

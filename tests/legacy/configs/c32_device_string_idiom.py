@@ -1,0 +1,2 @@
+import torch
+device = "cuda" if torch.cuda.is_available() else "cpu"

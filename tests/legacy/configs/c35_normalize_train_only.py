@@ -1,0 +1,3 @@
+import torch
+import torchvision.transforms.v2 as T
+train_raw_value_transforms = T.Compose([T.ToDtype(torch.float, scale=True), T.Normalize([0.5], [0.25])])
