@@ -12,11 +12,14 @@ through zarr.
 from __future__ import annotations
 
 import itertools
+import math
 import os
+import struct
 from collections import OrderedDict
 from typing import Any, Iterator, Mapping
 
 import numpy as np
+from numcodecs.compat import ensure_contiguous_ndarray
 
 from cellmap_train.errors import ConfigError
 
@@ -129,9 +132,11 @@ class V2ChunkReader:
         meta = array.metadata
         self.chunks = tuple(meta.chunks)
         self.dtype = np.dtype(array.dtype)
+        self.chunk_bytes = math.prod(self.chunks) * self.dtype.itemsize  # what every decode must yield
         self.fill = np.array(0 if meta.fill_value is None else meta.fill_value).astype(self.dtype)
         self.filters = list(meta.filters or ())
         self.compressor = meta.compressor
+        self._decoded_size = DECODED_SIZE.get(getattr(self.compressor, "codec_id", None))
         self.encode_key = meta.encode_chunk_key
         self.fs_path = fs_path.rstrip("/")
         self._fs, self._pid = fs, os.getpid()
@@ -206,25 +211,89 @@ class V2ChunkReader:
             yield view[:got]
 
     def decode(self, coords: tuple[int, ...], data) -> np.ndarray:
+        """The chunk at `coords` from its file's bytes (or the error fetching it raised). Every
+        decode yields exactly the chunk's byte count or raises ChunkReadError: the buffer it
+        goes into is a reused one, so a short decode would leave another chunk's voxels in it."""
         if isinstance(data, FileNotFoundError):  # never written: the fill value, as zarr reads it
             return np.broadcast_to(self.fill, self.chunks)
         if isinstance(data, BaseException):
             raise ChunkReadError(self.encode_key(coords), data)
         try:
-            if self.filters:  # rare in CellMap data; copied so nothing points into the reused file buffer
-                if self.compressor is not None:
-                    data = self.compressor.decode(data)
-                for codec in reversed(self.filters):
-                    data = codec.decode(data)
-                return np.frombuffer(data, dtype=self.dtype).reshape(self.chunks).copy()
-            chunk = self.cache.buffer(self.chunks, self.dtype)
-            decoded = data if self.compressor is None else self.compressor.decode(data, out=chunk)
-            flat = np.frombuffer(decoded, dtype=np.uint8)
-            if not np.may_share_memory(flat, chunk):  # raw bytes, or a codec that ignored `out`
-                chunk.reshape(-1).view(np.uint8)[:] = flat
-            return chunk
+            if len(data) == 0:  # what an interrupted download leaves; zarr refuses it whatever the codec
+                raise self.size_error(0, "the file is empty")
+            return self._decode_filtered(data) if self.filters else self._decode_into_buffer(data)
         except Exception as err:
             raise ChunkReadError(self.encode_key(coords), err) from err
+
+    def _decode_into_buffer(self, data) -> np.ndarray:
+        chunk = self.cache.buffer(self.chunks, self.dtype)
+        if self.compressor is None:
+            decoded = data
+        else:
+            size = self._decoded_size(data) if self._decoded_size else None
+            if size is None:  # the codec's output size is unknown until decoded: measure it
+                decoded = self.compressor.decode(data)
+            else:  # the header says what `out` gets: check before, as the codec fills only that much
+                if size != chunk.nbytes:
+                    raise self.size_error(size)
+                decoded = self.compressor.decode(data, out=chunk)
+        flat = np.frombuffer(decoded, dtype=np.uint8)
+        if not np.may_share_memory(flat, chunk):  # raw bytes, or a codec that ignored `out`
+            if flat.size != chunk.nbytes:
+                raise self.size_error(flat.size)
+            chunk.reshape(-1).view(np.uint8)[:] = flat
+        return chunk
+
+    def _decode_filtered(self, data) -> np.ndarray:
+        """Rare in CellMap data; copied so nothing points into the reused file buffer."""
+        if self.compressor is not None:
+            data = self.compressor.decode(data)
+        for codec in reversed(self.filters):
+            data = codec.decode(data)
+        flat = ensure_contiguous_ndarray(data).view(np.uint8)
+        if flat.size != self.chunk_bytes:
+            raise self.size_error(flat.size)
+        return flat.view(self.dtype).reshape(self.chunks).copy()
+
+    def size_error(self, got: int, what: str = "") -> ValueError:
+        """Why a chunk that decodes to `got` bytes is refused, naming the chunk expected."""
+        expected = f"expected {self.chunk_bytes} bytes ({self.dtype} {'x'.join(map(str, self.chunks))})"
+        if what:
+            return ValueError(f"{what}, {expected}: an interrupted download?")
+        hint = "a truncated file, or " if got < self.chunk_bytes else ""
+        return ValueError(f"decodes to {got} bytes, {expected}: {hint}a .zarray dtype or chunks other than the ones written?")
+
+
+BLOSC_HEADER = struct.Struct("<4xI4xI")  # version, versionlz, flags, typesize; nbytes, blocksize, cbytes
+
+
+def blosc_decoded_size(data) -> int:
+    """The bytes blosc will decode `data` into, from its header. A header whose compressed size
+    exceeds the file is refused: blosc would read past the file's end (the reused file buffer
+    holds another chunk's bytes there) and zarr then returns whatever it found."""
+    if len(data) < BLOSC_HEADER.size:
+        raise ValueError(f"{len(data)} bytes, shorter than a blosc header ({BLOSC_HEADER.size}): a truncated file?")
+    nbytes, cbytes = BLOSC_HEADER.unpack_from(data)
+    if cbytes > len(data):
+        raise ValueError(f"the blosc header says {cbytes} compressed bytes, the file has {len(data)}: a truncated file?")
+    return nbytes
+
+
+def zstd_content_size(data) -> int | None:
+    """Frame_Content_Size of a zstd frame (RFC 8878 3.1.1.1), None if absent or not a frame."""
+    if len(data) < 6 or bytes(data[:4]) != b"\x28\xb5\x2f\xfd":
+        return None  # skippable frames and garbage: left to the codec, measured
+    descriptor = data[4]
+    single_segment = descriptor >> 5 & 1
+    field = (1 if single_segment else 0, 2, 4, 8)[descriptor >> 6]
+    start = 5 + (not single_segment) + (0, 1, 2, 4)[descriptor & 3]  # window byte, dictionary id
+    if field == 0 or len(data) < start + field:
+        return None
+    return int.from_bytes(data[start:start + field], "little") + (256 if field == 2 else 0)
+
+
+# codecs that fill only as much of `out` as their header says: checked before decoding into it
+DECODED_SIZE = {"blosc": blosc_decoded_size, "zstd": zstd_content_size}
 
 
 class ChunkReadError(Exception):

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 from typing import Sequence
 
+import numpy as np
+
 _MITO = ("mito_mem", "mito_lum", "mito_ribo")
 _NE = ("ne_mem", "ne_lum", "np_out", "np_in")
 _CHROM = ("hchrom", "nhchrom", "echrom", "nechrom")
@@ -66,3 +68,30 @@ def exclusive_partners(classes: Sequence[str]) -> tuple[list[tuple[int, ...]], l
     partners = [tuple(j for j, theirs in enumerate(atoms) if mine is not None and theirs is not None and not mine & theirs)
                 for mine in atoms]
     return partners, [name for name, mine in zip(classes, atoms) if mine is None]
+
+
+def infer_negatives(labels: np.ndarray, exclusive: Sequence[tuple[int, ...]],
+                    annotated: Sequence[bool] | None = None) -> np.ndarray:
+    """`labels` [C, *S] (NaN = unknown), in place: an unknown voxel of a class becomes 0 where a
+    class it never shares a voxel with is present. Inferred zeros are no evidence themselves, so
+    the order does not matter. `annotated[c]` False says class c is unknown everywhere (not
+    annotated in the crop): such classes are filled from one array per set of present partners
+    (48 classes share a few such sets), a copy instead of a masked write each."""
+    annotated = [True] * len(labels) if annotated is None else annotated
+    candidates = sorted({o for others in exclusive for o in others if annotated[o]})
+    present = {o: mask for o, mask in ((o, labels[o] > 0) for o in candidates) if mask.any()}
+    evidence: dict[tuple[int, ...], np.ndarray] = {}
+    filled: dict[tuple[int, ...], np.ndarray] = {}
+    for c, others in enumerate(exclusive):
+        key = tuple(o for o in others if o in present)
+        if not key:
+            continue
+        if key not in evidence:
+            evidence[key] = np.logical_or.reduce([present[o] for o in key])
+        if annotated[c]:
+            np.putmask(labels[c], evidence[key] & np.isnan(labels[c]), 0)
+            continue
+        if key not in filled:
+            filled[key] = np.where(evidence[key], np.float32(0), np.float32(np.nan))
+        labels[c] = filled[key]
+    return labels

@@ -19,6 +19,7 @@ import threading
 from pathlib import Path
 from typing import Mapping, Sequence
 
+import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
@@ -28,7 +29,7 @@ from cellmap_train.data.dataset import (ArrayInfo, CountingSampler, Crop, Random
                                          ValidationTileDataset, positive_weights)
 from cellmap_train.data.datasplit import label_names_on_disk, make_datasplit_csv, read_datasplit
 from cellmap_train.data.demo import ensure_demo_data
-from cellmap_train.data.ngff import MissingScaleError, map_concurrently
+from cellmap_train.data.ngff import map_concurrently
 from cellmap_train.data.transforms import SampleTransforms
 from cellmap_train.errors import ConfigError, DataError, UserError
 
@@ -128,38 +129,42 @@ def check_worker_socket_path() -> None:
                           f"(e.g. TMPDIR=/tmp) or data.dataloader_kwargs.num_workers=0")
 
 
-def open_crops(crops: Sequence[Crop], threads: int) -> list[str | None]:
-    """Open the crops, `threads` at a time; for each, why its raw has no level at the input's
-    voxel size (None: opened)."""
-    def no_raw_level(crop: Crop) -> str | None:
-        try:
-            crop.open()
-        except MissingScaleError as err:
-            return str(err)
+def open_crops(crops: Sequence[Crop], threads: int, input_info: ArrayInfo, target_info: ArrayInfo) -> None:
+    """Open the crops, `threads` at a time (each array at the level its voxel size is read from),
+    and say how they meet the requested voxel sizes: a raw with no level as fine as the request
+    warns once per dataset (its samples are upsampled), labels annotated only coarser are used,
+    upsampled, with one line in all."""
+    map_concurrently(Crop.open, crops, threads)
+    coarse_raw = {crop.raw_level.path: crop.raw_level for crop in crops if _coarser(crop.raw_level.scale, input_info.scale)}
+    for path, level in coarse_raw.items():
+        log.warning("%s: no level as fine as the requested %s nm; samples are upsampled from it (x%s)", path,
+                    _nm(input_info.scale), _nm(np.asarray(level.scale) / np.asarray(input_info.scale)))
+    coarse = [level for crop in crops for level in crop.known if _coarser(level.scale, target_info.scale)]
+    resampled = [level for crop in crops for level in [crop.raw_level, *crop.known]
+                 if not np.allclose(level.scale, input_info.scale if level is crop.raw_level else target_info.scale)]
+    if resampled:
+        log.info("%d of %d arrays have no level at the requested voxel size and are resampled from the nearest finer "
+                 "one%s", len(resampled), sum(1 + len(crop.known) for crop in crops),
+                 f"; {len(coarse)} class arrays annotated only coarser than {_nm(target_info.scale)} nm are upsampled "
+                 f"(data.filter_by_scale leaves such classes out)" if coarse else "")
+
+
+def scale_filter(filter_by_scale, target_scale: Sequence[float]) -> Sequence[float] | None:
+    """The challenge's `filter_by_scale` as the voxel size a class's finest level must reach to be
+    listed in a new datasplit: true = the target's, a number or [z,y,x] = that, false = no filter."""
+    if filter_by_scale is None or filter_by_scale is False:
         return None
+    if filter_by_scale is True:
+        return tuple(target_scale)
+    values = list(filter_by_scale) if isinstance(filter_by_scale, Sequence) and not isinstance(filter_by_scale, str) \
+        else [filter_by_scale]
+    if len(values) not in (1, 3) or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0 for v in values):
+        raise ConfigError(f"data.filter_by_scale={filter_by_scale!r}: must be true, false, a voxel size in nm or [z,y,x]")
+    return tuple(float(v) for v in (values * 3 if len(values) == 1 else values))
 
-    return map_concurrently(no_raw_level, crops, threads)
 
-
-def keep_at_scale(crops: Sequence[Crop], no_raw: Sequence[str | None], usage: str, input_info: ArrayInfo,
-                  target_info: ArrayInfo) -> list[Crop]:
-    """The opened crops; leave out, with one warning, those whose raw has no level at the input's
-    voxel size (`no_raw`) or whose classes have none at the target's (crops of a dataset are often
-    annotated at another resolution than the rest: one of them should not stop a run over all the
-    others). A class left out of a crop counts as unannotated there. None left: the first reason,
-    as an error."""
-    kept = [crop for crop, why in zip(crops, no_raw) if why is None and crop.known]
-    reasons = [why for why in no_raw if why] + [why for crop in crops for why in crop.unavailable.values()]
-    if crops and not kept:
-        raise DataError(f"no {usage} crop has data at the voxel sizes asked for: {reasons[0]}")
-    if reasons:
-        arrays = sum(len(crop.unavailable) for crop in crops)
-        what = [f"{len(crops) - len(kept)} of {len(crops)} left out" if len(kept) < len(crops) else "",
-                f"{arrays} class array{'s' if arrays > 1 else ''} counted as unannotated" if arrays else ""]
-        scales = " / ".join(sorted({_nm(input_info.scale), _nm(target_info.scale)}))
-        log.warning("%s crops: %s: no level at %s nm (e.g. %s); data.filter_by_scale=true leaves such classes out of "
-                    "a new datasplit", usage, ", ".join(filter(None, what)), scales, reasons[0])
-    return kept
+def _coarser(scale: Sequence[float], wanted: Sequence[float]) -> bool:
+    return bool(np.any(np.asarray(scale) > np.asarray(wanted) * (1 + 1e-6)))
 
 
 def _nm(values: Sequence[float]) -> str:
@@ -189,8 +194,7 @@ def warn_of_unannotated_classes(classes: Sequence[str], crops: Mapping[str, Sequ
         untrained = [cls for cls in untrained if cls not in negatives_only]
     if untrained and crops["train"]:  # no training crop at all: the training set says so
         on_disk = label_names_on_disk([crop.entry for crop in crops["train"]], dict(storage_options or {}))
-        other_scale = {cls for crop in crops["train"] for cls in crop.unavailable}  # said by keep_at_scale
-        stale = [cls for cls in untrained if cls in on_disk and cls not in other_scale]
+        stale = [cls for cls in untrained if cls in on_disk]
         hint = (f"; its crops do hold {_names(stale)}: {datasplit_path.name} was written for other classes, remove it "
                 f"to list the crops again" if stale else f"; label groups in its crops: {_names(sorted(on_disk))}"
                 f"{_did_you_mean(untrained, on_disk)}")
@@ -271,18 +275,15 @@ class CellMapData:
         else:
             entries = make_datasplit_csv(self.classes, force_all_classes, validation_prob, base_path=self.search_path,
                                          csv_path=self.datasplit_path, storage_options=self.storage_options, seed=self.seed,
-                                         scale=self.target_info.scale if filter_by_scale else None, threads=open_threads)
+                                         scale=scale_filter(filter_by_scale, self.target_info.scale), threads=open_threads)
         # one cache per process shared by every crop (a worker gets its own, empty, of the same size)
         cache = ChunkCache(chunk_cache_mb)
         crops = {usage: [Crop(e, self.classes, self.input_info, self.target_info, self.storage_options, cache, exclusive)
                          for e in entries if e.usage == usage and set(e.classes) & set(self.classes)]
                  for usage in ("train", "validate")}
         usages = ["validate"] if train_on_validation else ["validate", "train"]
-        opening = [crop for usage in usages for crop in crops[usage]]  # all at once: on S3 a crop is many round trips
-        no_raw = dict(zip(opening, open_crops(opening, open_threads)))
-        for usage in usages:
-            crops[usage] = keep_at_scale(crops[usage], [no_raw[crop] for crop in crops[usage]], usage, self.input_info,
-                                         self.target_info)
+        # all at once: on S3 a crop is many round trips
+        open_crops([crop for usage in usages for crop in crops[usage]], open_threads, self.input_info, self.target_info)
         if train_on_validation:
             crops["train"] = crops["validate"]
         warn_of_unannotated_classes(self.classes, crops, self.datasplit_path, self.storage_options, exclusive)

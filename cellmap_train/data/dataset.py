@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 import numbers
 import os
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from itertools import zip_longest
 from typing import Any, Iterator, Mapping, Sequence
 
@@ -21,9 +21,10 @@ import torch
 from torch.utils.data import Dataset, Sampler
 
 from cellmap_train.data.chunks import ChunkCache
+from cellmap_train.data.class_relations import infer_negatives
 from cellmap_train.data.datasplit import CropEntry
-from cellmap_train.data.ngff import (MissingScaleError, ScaleLevel, coarsest_level, fetch_together, map_concurrently,
-                                     open_level)
+from cellmap_train.data.ngff import ScaleLevel, coarsest_level, fetch_together, map_concurrently, open_level
+from cellmap_train.data.resample import Placement, onto_grid, place
 from cellmap_train.data.transforms import SampleTransforms, SpatialDraw
 from cellmap_train.errors import ConfigError, DataError
 
@@ -71,9 +72,11 @@ def _listed(values):
 
 
 class Crop:
-    """The raw level and per-class label levels of one annotated crop, opened on first use.
-    A worker process reads the levels its parent opened (each chunk reader makes its own
-    filesystem there); levels read through zarr are reopened in each process instead."""
+    """The raw level and per-class label levels of one annotated crop, opened on first use: for
+    each array the level `ngff.choose_level` picks for the requested voxel size, whatever levels
+    exist; samples are resampled from it (`resample.py`). A worker process reads the levels its
+    parent opened (each chunk reader makes its own filesystem there); levels read through zarr
+    are reopened in each process instead."""
 
     def __init__(self, entry: CropEntry, classes: Sequence[str], input_info: ArrayInfo, target_info: ArrayInfo,
                  storage_options: dict | None, cache: ChunkCache | None = None,
@@ -85,13 +88,13 @@ class Crop:
         self.storage_options = storage_options or {}
         self._raw: ScaleLevel | None = None
         self._labels: dict[str, ScaleLevel | None] | None = None
+        self._groups: list[tuple[list[int], list[ScaleLevel]]] = []  # classes read on one grid, with their levels
         self._pid: int | None = None
-        self.unavailable: dict[str, str] = {}  # class -> why it has no level at the target's voxel size
         self._volumes: tuple[np.ndarray, np.ndarray] | None = None  # class_volumes(), once read
 
     def __getstate__(self):
         state = {**self.__dict__, "_pid": None}
-        return state if self._portable() else {**state, "_raw": None, "_labels": None}
+        return state if self._portable() else {**state, "_raw": None, "_labels": None, "_groups": []}
 
     def _portable(self) -> bool:
         """Whether the opened levels can be read as they are in another process."""
@@ -99,27 +102,24 @@ class Crop:
         return self._raw is not None and all(level.reader is not None for level in levels if level is not None)
 
     def open(self) -> "Crop":
-        """Raises MissingScaleError when the raw has no level at the input's voxel size. A class
-        without one at the target's counts as unannotated here from then on (`unavailable` says
-        why), in this process and in the workers it is copied to."""
+        """Open the raw's and each annotated class's level for the requested voxel sizes."""
         if self._raw is None or (self._pid != os.getpid() and not self._portable()):
             raw = open_level(self.entry.raw_url, self.input_info.scale, self.storage_options, self.cache)
-            self._labels = {cls: None for cls in self.classes}
-            for cls in (c for c in self.classes if c in self.entry.classes):
-                try:
-                    self._labels[cls] = open_level(self.entry.label_url(cls), self.target_info.scale, self.storage_options,
-                                                   self.cache)
-                except MissingScaleError as err:
-                    self.unavailable[cls] = str(err)
-            if self.unavailable:
-                self.entry = replace(self.entry, classes=tuple(c for c in self.entry.classes if c not in self.unavailable))
+            self._labels = {cls: open_level(self.entry.label_url(cls), self.target_info.scale, self.storage_options,
+                                            self.cache) if cls in self.entry.classes else None for cls in self.classes}
+            self._groups = level_groups(self._labels)
             self._raw = raw
+            check_inside(self._raw, self.known, self.entry)
         self._pid = os.getpid()
         return self
 
     @property
     def known(self) -> list[ScaleLevel]:
         return [level for level in self.open()._labels.values() if level is not None]
+
+    @property
+    def raw_level(self) -> ScaleLevel:
+        return self.open()._raw
 
     def bounds(self) -> tuple[np.ndarray, np.ndarray]:
         """World box covered by the annotation (union of its class arrays)."""
@@ -152,40 +152,50 @@ class Crop:
         return np.divide(foreground, known, out=np.zeros_like(known), where=known > 0)
 
     def boxes(self, centre: np.ndarray, draw: SpatialDraw | None = None) -> SampleBoxes:
-        """Where the sample centred at world point `centre` (nm) lies: snapped to the label grid
-        so targets are exact voxels, raw cut around the same point, each with the margin of
-        context the spatial `draw` turns into the sample (a rotation's corners)."""
+        """Where the sample centred at world point `centre` (nm) lies in each level it reads, with
+        the margin of context the spatial `draw` turns into the sample (a rotation's corners).
+        Snapped to a label level at the target's voxel size when there is one, so that its
+        targets are exact voxels, read without interpolation."""
         tinfo, iinfo = self.target_info, self.input_info
-        level0 = self.known[0]
-        grid = np.asarray(level0.translation) - np.asarray(level0.scale) / 2
-        t_low = grid + np.round((centre - tinfo.extent / 2 - grid) / tinfo.scale) * tinfo.scale
-        mid = t_low + tinfo.extent / 2
+        mid = np.asarray(centre, dtype=float)
+        exact = next((level for level in self.known if np.allclose(level.scale, tinfo.scale)), None)
+        if exact is not None:
+            grid = np.asarray(exact.translation) - np.asarray(exact.scale) / 2
+            mid = grid + np.round((mid - tinfo.extent / 2 - grid) / tinfo.scale) * tinfo.scale + tinfo.extent / 2
         raw_margin, label_margin = (draw.raw_margin, draw.label_margin) if draw is not None else (np.zeros(3, int),) * 2
-        return SampleBoxes(mid - iinfo.extent / 2 - raw_margin * iinfo.scale,
-                           tuple(int(n) for n in np.asarray(iinfo.shape) + 2 * raw_margin),
-                           t_low - label_margin * np.asarray(tinfo.scale),
-                           tuple(int(n) for n in np.asarray(tinfo.shape) + 2 * label_margin))
+        raw_shape, label_shape = np.asarray(iinfo.shape) + 2 * raw_margin, np.asarray(tinfo.shape) + 2 * label_margin
+        return SampleBoxes(place(self._raw.scale, self._raw.translation, mid, iinfo.scale, raw_shape),
+                           tuple(place(levels[0].scale, levels[0].translation, mid, tinfo.scale, label_shape)
+                                 for _, levels in self._groups))
 
     def array_reads(self, boxes: SampleBoxes) -> list[tuple[ScaleLevel, np.ndarray, tuple[int, ...]]]:
         """(level, world_low, shape) of every array the sample reads: for ngff.fetch_together."""
-        return [(self._raw, boxes.raw_low, boxes.raw_shape), *((level, boxes.label_low, boxes.label_shape) for level in self.known)]
+        reads = [(self._raw, self._raw.box_low(boxes.raw.start), boxes.raw.shape)]
+        for (_, levels), where in zip(self._groups, boxes.labels):
+            reads += [(level, level.box_low(where.start), where.shape) for level in levels]
+        return reads
 
     def read(self, centre: np.ndarray, draw: SpatialDraw | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """Raw and labels (NaN where unknown) of the sample at `centre`, with the margins `draw` needs."""
-        return self.read_boxes(self.open().boxes(centre, draw))
+        """Raw and labels (NaN where unknown) of the sample at `centre` on the requested grid,
+        `draw`'s flips, axis order and rotation applied; before any value transform."""
+        return self.read_boxes(self.open().boxes(centre, draw), draw)
 
-    def read_boxes(self, boxes: SampleBoxes, fetched: Mapping[str, Any] | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """Raw and labels at `boxes`. Their arrays' chunks are fetched in one round of requests,
-        unless `fetched` holds them already."""
+    def read_boxes(self, boxes: SampleBoxes, draw: SpatialDraw | None = None,
+                   fetched: Mapping[str, Any] | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """The sample at `boxes` (`read`). Its arrays' chunks are fetched in one round of
+        requests, unless `fetched` holds them already."""
         self.open()
         if fetched is None:
             fetched = fetch_together(self.array_reads(boxes))
-        raw = self._raw.read(boxes.raw_low, boxes.raw_shape, fill=0, fetched=fetched)
-        labels = np.stack([
-            level.read_labels(boxes.label_low, boxes.label_shape, fetched) if level is not None
-            else np.full(boxes.label_shape, np.nan, dtype=np.float32)
-            for level in self._labels.values()
-        ])
+        raw_shape, label_shape = draw.out_shapes() if draw is not None else (self.input_info.shape, self.target_info.shape)
+        grids: dict = {}  # raw and labels may share a sampling grid
+        raw = self._raw.read(self._raw.box_low(boxes.raw.start), boxes.raw.shape, fill=0, fetched=fetched)
+        raw = onto_grid(raw, boxes.raw, draw, raw_shape, False, grids)
+        labels = np.full((len(self.classes), *label_shape), np.nan, dtype=np.float32)
+        for (indices, levels), where in zip(self._groups, boxes.labels):
+            low = levels[0].box_low(where.start)
+            read = np.stack([level.read_labels(low, where.shape, fetched) for level in levels])
+            labels[indices] = onto_grid(read, where, draw, label_shape, True, grids)
         if self.exclusive:
             infer_negatives(labels, self.exclusive, [level is not None for level in self._labels.values()])
         return raw, labels
@@ -197,61 +207,61 @@ class Crop:
     def sample(self, centre: np.ndarray, transforms: SampleTransforms | None, rng: np.random.Generator):
         """The transformed sample at `centre`, its spatial choices drawn from `rng`."""
         draw = self.draw(transforms, rng)
-        return transformed(transforms, draw, self.read(centre, draw))
+        return with_values(transforms, self.read(centre, draw), rng)
 
 
-def infer_negatives(labels: np.ndarray, exclusive: Sequence[tuple[int, ...]],
-                    annotated: Sequence[bool] | None = None) -> np.ndarray:
-    """`labels` [C, *S] (NaN = unknown), in place: an unknown voxel of a class becomes 0 where a
-    class it never shares a voxel with is present. Inferred zeros are no evidence themselves, so
-    the order does not matter. `annotated[c]` False says class c is unknown everywhere (not
-    annotated in the crop): such classes are filled from one array per set of present partners
-    (48 classes share a few such sets), a copy instead of a masked write each."""
-    annotated = [True] * len(labels) if annotated is None else annotated
-    candidates = sorted({o for others in exclusive for o in others if annotated[o]})
-    present = {o: mask for o, mask in ((o, labels[o] > 0) for o in candidates) if mask.any()}
-    evidence: dict[tuple[int, ...], np.ndarray] = {}
-    filled: dict[tuple[int, ...], np.ndarray] = {}
-    for c, others in enumerate(exclusive):
-        key = tuple(o for o in others if o in present)
-        if not key:
-            continue
-        if key not in evidence:
-            evidence[key] = np.logical_or.reduce([present[o] for o in key])
-        if annotated[c]:
-            np.putmask(labels[c], evidence[key] & np.isnan(labels[c]), 0)
-            continue
-        if key not in filled:
-            filled[key] = np.where(evidence[key], np.float32(0), np.float32(np.nan))
-        labels[c] = filled[key]
-    return labels
+def level_groups(labels: Mapping[str, ScaleLevel | None]) -> list[tuple[list[int], list[ScaleLevel]]]:
+    """The annotated classes (by index) grouped by their level's grid: each group is read as one
+    box and interpolated once (most crops annotate every class at one voxel size)."""
+    groups: dict[tuple, tuple[list[int], list[ScaleLevel]]] = {}
+    for c, level in enumerate(labels.values()):
+        if level is not None:
+            key = (tuple(level.scale), tuple(level.translation), tuple(level.shape))
+            indices, levels = groups.setdefault(key, ([], []))
+            indices.append(c)
+            levels.append(level)
+    return list(groups.values())
+
+
+def check_inside(raw: ScaleLevel, labels: Sequence[ScaleLevel], entry: CropEntry) -> None:
+    """A crop's annotation lies inside its raw volume (give or take a raw voxel): otherwise its
+    translation, or the datasplit's pairing of raw and crop, is wrong."""
+    raw_low, raw_high = raw.world_bounds()
+    for level in labels:
+        low, high = level.world_bounds()
+        if np.any(low < raw_low - raw.scale) or np.any(high > raw_high + raw.scale):
+            raise DataError(f"{level.path}: crop at {_nm_box(low, high)} nm lies outside its raw volume "
+                            f"{raw.path} at {_nm_box(raw_low, raw_high)} nm; check the translations in their .zattrs")
+
+
+def _nm_box(low, high) -> str:
+    return "-".join(str([round(float(v), 1) for v in corner]) for corner in (low, high))
 
 
 @dataclass(frozen=True)
 class SampleBoxes:
-    """A sample's boxes in world units (nm): raw and labels, each from its low corner."""
+    """Where a sample lies in the levels it reads: raw, and each group of label classes."""
 
-    raw_low: np.ndarray
-    raw_shape: tuple[int, ...]
-    label_low: np.ndarray
-    label_shape: tuple[int, ...]
+    raw: Placement
+    labels: tuple[Placement, ...]
 
 
 def read_batch(picks: Sequence[tuple[Crop, np.ndarray, np.random.Generator]], transforms: SampleTransforms | None,
-               squeeze_z: bool) -> list[tuple[torch.Tensor, torch.Tensor]]:
+               squeeze_z: bool, augment: bool = True) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """The samples (crop, centre, rng) of one batch, each as `Crop.sample` makes it, with the
     chunks of all of them fetched in one round of requests: on S3 a batch costs one round trip
-    instead of one per sample, one after the other."""
+    instead of one per sample, one after the other. `augment` False: no random value transform
+    (validation tiles are fixed)."""
     draws = [crop.draw(transforms, rng) for crop, _, rng in picks]
     boxes = [crop.open().boxes(centre, draw) for (crop, centre, _), draw in zip(picks, draws)]
     fetched = fetch_together([read for (crop, _, _), where in zip(picks, boxes) for read in crop.array_reads(where)])
-    return [to_tensors(*transformed(transforms, draw, crop.read_boxes(where, fetched)), squeeze_z)
-            for (crop, _, _), draw, where in zip(picks, draws, boxes)]
+    return [to_tensors(*with_values(transforms, crop.read_boxes(where, draw, fetched), rng if augment else None), squeeze_z)
+            for (crop, _, rng), draw, where in zip(picks, draws, boxes)]
 
 
-def transformed(transforms: SampleTransforms | None, draw: SpatialDraw | None,
-                sample: tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-    return sample if transforms is None else transforms.apply(draw, *sample)
+def with_values(transforms: SampleTransforms | None, sample: tuple[np.ndarray, np.ndarray],
+                rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    return sample if transforms is None else transforms.values(*sample, rng=rng)
 
 
 def to_tensors(raw: np.ndarray, labels: np.ndarray, squeeze_z: bool) -> tuple[torch.Tensor, torch.Tensor]:
@@ -355,10 +365,10 @@ class ValidationTileDataset(Dataset):
         return self.crops[k], centre, np.random.default_rng(index)
 
     def __getitem__(self, index: int):
-        return read_batch([self.pick(index)], self.transforms, self.squeeze_z)[0]
+        return read_batch([self.pick(index)], self.transforms, self.squeeze_z, augment=False)[0]
 
     def __getitems__(self, indices: Sequence[int]):
-        return read_batch([self.pick(i) for i in indices], self.transforms, self.squeeze_z)
+        return read_batch([self.pick(i) for i in indices], self.transforms, self.squeeze_z, augment=False)
 
 
 class CountingSampler(Sampler[int]):

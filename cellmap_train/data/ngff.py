@@ -151,6 +151,10 @@ class ScaleLevel:
         low = self._translation - self._scale / 2
         return low, low + self._shape * self._scale
 
+    def box_low(self, start: Sequence[int]) -> np.ndarray:
+        """World coordinates of the low edge of voxel `start` (what `read` takes for a box)."""
+        return self._translation + (np.asarray(start, dtype=float) - 0.5) * self._scale
+
     def voxel_index(self, world: Sequence[float]) -> np.ndarray:
         """Index of the voxel whose centre is nearest to the world point."""
         return np.round((np.asarray(world, dtype=float) - self._translation) / self._scale).astype(int)
@@ -258,8 +262,10 @@ def _transforms(entry: dict, where: str) -> tuple[tuple[float, ...], tuple[float
 
 def level_transforms(group: zarr.Group, path: str) -> list[tuple[str, tuple[float, ...], tuple[float, ...]]]:
     """(level path, scale, translation) of every level of the group's first multiscale."""
+    attrs = dict(group.attrs)
+    attrs = attrs.get("ome", attrs) if isinstance(attrs.get("ome"), dict) else attrs  # OME-NGFF 0.5 nests it
     try:
-        datasets = dict(group.attrs)["multiscales"][0]["datasets"]
+        datasets = attrs["multiscales"][0]["datasets"]
     except (KeyError, IndexError, TypeError) as err:
         raise DataError(f"{path}: no OME-NGFF 'multiscales' metadata in .zattrs") from err
     return [(entry.get("path"), *_transforms(entry, f"{path}/{entry.get('path')}")) for entry in datasets]
@@ -319,32 +325,51 @@ def open_level_array(group: zarr.Group, path: str, name: str):
         raise DataError(f"{path}/{name}: listed in multiscales but missing") from err
 
 
-class MissingScaleError(DataError):
-    """The multiscale group has no level at the voxel size asked for (crops of one dataset are
-    often annotated at another resolution than the rest)."""
+def choose_level(scales: Sequence[Sequence[float]], wanted: Sequence[float]) -> int:
+    """Which level to read for voxel size `wanted`: the coarsest that is nowhere coarser than
+    it (so raw is never upsampled while a finer level exists), else the finest there is."""
+    wanted_ = np.asarray(wanted, dtype=float)
+    volumes = [float(np.prod(s)) for s in scales]
+    fine_enough = [i for i, s in enumerate(scales) if np.all(np.asarray(s) <= wanted_ * (1 + 1e-6))]
+    pool = fine_enough or range(len(scales))
+    return (max if fine_enough else min)(pool, key=lambda i: volumes[i])
 
 
 def open_level(path: str, scale: Sequence[float], storage_options: dict | None = None,
                cache: ChunkCache | None = None, group: zarr.Group | None = None) -> ScaleLevel:
-    """The level of the multiscale group at `path` (`group`, when already open) whose voxel size
-    equals `scale` (nm, z/y/x). Its chunks are read with chunks.V2ChunkReader where it can
-    (decoded chunks kept in `cache`)."""
+    """The level of the multiscale group at `path` (`group`, when already open) to read samples
+    of voxel size `scale` (nm, z/y/x) from (`choose_level`); samples are resampled from it. Its
+    chunks are read with chunks.V2ChunkReader where it can (decoded chunks kept in `cache`)."""
     group = group if group is not None else open_group(path, storage_options)
     levels = level_transforms(group, path)
     wanted = tuple(float(s) for s in scale)
-    for name, level_scale, translation in levels:
-        if len(level_scale) == len(wanted) and np.allclose(level_scale, wanted):
-            array = open_level_array(group, path, name)
-            if len(array.shape) != len(level_scale):
-                raise DataError(f"{path}/{name}: array of shape {list(array.shape)} has {len(array.shape)} axes but its "
-                                f"multiscales metadata has {len(level_scale)} (z, y, x)")
-            # the s0 array carries the annotation attributes in the challenge data; the group may too
-            first = open_level_array(group, path, levels[0][0]) if name != levels[0][0] else array
-            encoding = LabelEncoding.from_attrs(dict(array.attrs), dict(first.attrs), dict(group.attrs))
-            fs, fs_path = url_filesystem(f"{path}/{name}", storage_options)
-            return ScaleLevel(array, level_scale, translation, f"{path}/{name}", encoding, chunk_reader(array, fs, fs_path, cache))
-    available = ", ".join(f"{name}={list(s)}" for name, s, _ in levels)
-    raise MissingScaleError(f"{path}: no level at scale {list(wanted)} nm (available: {available})")
+    if any(len(level_scale) != len(wanted) for _, level_scale, _ in levels):
+        raise DataError(f"{path}: multiscales levels must have {len(wanted)} axes (z, y, x)")
+    name, level_scale, translation = levels[choose_level([s for _, s, _ in levels], wanted)]
+    array = open_level_array(group, path, name)
+    if len(array.shape) != len(level_scale):
+        raise DataError(f"{path}/{name}: array of shape {list(array.shape)} has {len(array.shape)} axes but its "
+                        f"multiscales metadata has {len(level_scale)} (z, y, x)")
+    # the s0 array carries the annotation attributes in the challenge data; the group may too
+    first = open_level_array(group, path, levels[0][0]) if name != levels[0][0] else array
+    check_extent(f"{path}/{name}", array.shape, level_scale, first.shape, levels[0][1])
+    encoding = LabelEncoding.from_attrs(dict(array.attrs), dict(first.attrs), dict(group.attrs))
+    fs, fs_path = url_filesystem(f"{path}/{name}", storage_options)
+    return ScaleLevel(array, level_scale, translation, f"{path}/{name}", encoding, chunk_reader(array, fs, fs_path, cache))
+
+
+def check_extent(where: str, shape, scale, first_shape, first_scale) -> None:
+    """A level covers what the finest covers, give or take one of its voxels (pyramids round
+    down): otherwise its scale in the metadata contradicts its array's shape."""
+    extent, first = np.asarray(shape) * np.asarray(scale), np.asarray(first_shape) * np.asarray(first_scale)
+    if np.any(np.abs(extent - first) > np.asarray(scale) * 1.01 + np.asarray(first_scale)):
+        raise DataError(f"{where}: its multiscales scale {list(scale)} nm times its shape {list(shape)} covers "
+                        f"{_nm_list(extent)} nm, but the finest level covers {_nm_list(first)} nm: the metadata "
+                        f"contradicts the array")
+
+
+def _nm_list(values) -> list[float]:
+    return [round(float(v), 2) for v in values]
 
 
 def coarsest_level(path: str, storage_options: dict | None = None) -> ScaleLevel:

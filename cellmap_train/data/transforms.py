@@ -11,6 +11,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from cellmap_train.data.resample import sample_nearest, sampling_grid
 from cellmap_train.labels import UNKNOWN
 
 AXES = "zyx"
@@ -73,82 +74,17 @@ def _turn(values: np.ndarray, matrix: np.ndarray, out_shape: Sequence[int], mode
     in_shape = values.shape[1:]
     fixed = [i for i in _fixed_axes(matrix) if in_shape[i] == out_shape[i]]
     if not fixed:
-        grid = _sampling_grid(out_shape, in_shape, matrix, grids)
+        grid = sampling_grid(out_shape, in_shape, matrix, np.zeros(3), grids)
         return F.grid_sample(torch.from_numpy(values)[None], grid, mode=mode, padding_mode="zeros",
                              align_corners=False)[0].numpy()
     axis = min(fixed, key=lambda i: in_shape[i] != 1)  # a flat axis first
     turned = [i for i in range(3) if i != axis]
     batch = np.moveaxis(values, axis + 1, 0)  # [N, C, *plane]
-    grid = _sampling_grid([out_shape[i] for i in turned], [in_shape[i] for i in turned], matrix[np.ix_(turned, turned)], grids)
+    grid = sampling_grid([out_shape[i] for i in turned], [in_shape[i] for i in turned], matrix[np.ix_(turned, turned)],
+                         np.zeros(2), grids)
     out = F.grid_sample(torch.from_numpy(batch), grid.expand(batch.shape[0], *grid.shape[1:]), mode=mode,
                         padding_mode="zeros", align_corners=False).numpy()
     return np.moveaxis(out, 0, axis + 1)
-
-
-def _sampling_grid(out_size: Sequence[int], in_size: Sequence[int], matrix: np.ndarray, grids: dict) -> torch.Tensor:
-    """grid_sample's grid [1, *out_size, d] for `matrix` (voxel units, axes in array order)
-    turning about the common centre: voxel k of an axis of n sits at normalised (2k + 1) / n - 1
-    (align_corners=False). Built with numpy broadcasting: cheaper than affine_grid for a sample.
-    `grids` keeps the ones made for this matrix, by size."""
-    key = (tuple(out_size), tuple(in_size))
-    if key not in grids:
-        grids[key] = _make_grid(out_size, in_size, matrix)
-    return grids[key]
-
-
-def _gather_nearest(labels: np.ndarray, matrix: np.ndarray, out_shape: Sequence[int]) -> np.ndarray:
-    """labels [C, *in] -> float32 [C, *out_shape]: output voxel k takes the input voxel nearest to
-    centre_in + matrix @ (k - centre_out), NaN where that lies outside the input. `matrix` may
-    be any 3x3 map, e.g. a rotation composed with flips and axis swaps (`SpatialDraw`).
-
-    A gather, not an interpolation: one index per output voxel, shared by the channels; an input
-    axis that depends on few output axes keeps its index 1-long along the others."""
-    values = np.ascontiguousarray(labels, dtype=np.float32)
-    in_shape, d = values.shape[1:], len(out_shape)
-    centre_in, centre_out = (np.asarray(in_shape) - 1) / 2, (np.asarray(out_shape) - 1) / 2
-    steps = [(np.arange(n) - c).reshape([n if a == j else 1 for a in range(d)])
-             for j, (n, c) in enumerate(zip(out_shape, centre_out))]
-    flat, outside, stride = None, None, 1
-    for i in reversed(range(d)):  # flat index into the C-ordered input, last axis first
-        # only the output axes this input axis depends on are spelled out; the rest broadcast
-        index = sum((matrix[i, j] * steps[j] for j in range(d) if matrix[i, j] != 0), centre_in[i])
-        np.rint(index, out=index)
-        reach = float(np.abs(matrix[i]) @ centre_out)  # the furthest source along this axis, from the corners
-        if round(centre_in[i] - reach) < 0 or round(centre_in[i] + reach) > in_shape[i] - 1:
-            beyond = (index < 0) | (index > in_shape[i] - 1)
-            outside = beyond if outside is None else outside | beyond
-            np.clip(index, 0, in_shape[i] - 1, out=index)
-        index *= stride
-        # float64 sums are exact far beyond any array's size; in place where the shapes allow,
-        # since fresh full-size buffers cost as much as the arithmetic
-        if flat is None:
-            flat = index
-        elif index.shape == np.broadcast_shapes(flat.shape, index.shape):
-            flat = np.add(index, flat, out=index)
-        else:
-            flat = flat + index
-        stride *= in_shape[i]
-    flat = np.broadcast_to(flat, out_shape).astype(np.intp)
-    out = values.reshape(values.shape[0], -1).take(flat, axis=1)
-    if outside is not None:
-        np.copyto(out, np.nan, where=outside)  # broadcast, not spelled out per channel
-    return out
-
-
-def _make_grid(out_size: Sequence[int], in_size: Sequence[int], matrix: np.ndarray) -> torch.Tensor:
-    d = len(out_size)
-    half_out, half_in = np.asarray(out_size, dtype=float) / 2, np.asarray(in_size, dtype=float) / 2
-    theta = matrix * half_out[None, :] / half_in[:, None]  # the same turn in normalised coordinates
-    axes = [((2 * np.arange(n) + 1) / n - 1).reshape([n if j == k else 1 for k in range(d)]) for j, n in enumerate(out_size)]
-    grid = np.empty((1, *out_size, d), dtype=np.float32)
-    component = np.empty(tuple(out_size))  # float64, rounded once into the grid: the same float path as ever
-    for i in range(d):  # grid_sample wants x, y(, z) order: input axis i is grid component d-1-i
-        component.fill(0)
-        for j in range(d):
-            if theta[i, j] != 0:
-                component += theta[i, j] * axes[j]  # in place: no full-size temporaries
-        grid[0, ..., d - 1 - i] = component
-    return torch.from_numpy(grid)
 
 
 @dataclass(frozen=True)
@@ -184,22 +120,44 @@ class SpatialDraw:
         The inputs may be larger than the outputs: the margin around the sample is the context
         the rotated corners are filled from (`rotation_margin`). Voxels whose source lies outside
         the inputs are 0 in raw and unknown (NaN) in labels."""
-        raw_view, labels_view = raw, labels
-        for i in self.flips:
-            raw_view, labels_view = np.flip(raw_view, i), np.flip(labels_view, i + 1)
-        raw_view, labels_view = raw_view.transpose(self.order), labels_view.transpose([0] + [i + 1 for i in self.order])
-        if self.matrix is None:
-            return raw_view, labels_view
-        raw_shape = [self.raw_shape[i] for i in self.order]
-        label_shape = [self.label_shape[i] for i in self.order]
         grids: dict = {}  # raw and labels share a plane turn's grid (3 floats per output voxel: worth reusing)
-        raw_out = _turn_raw(raw_view, self.matrix, raw_shape, grids)
-        if _fixed_axes(self.matrix):  # a batched 2D sample on raw's grid: cheapest for flat samples
-            return raw_out, _turn_labels(labels_view, self.matrix, label_shape, grids)
-        # a 3D turn: an index gather from the labels as read, the flips and the axis order folded
-        # into the map; against sampling a copy of the flipped, swapped labels it is 1.2-1.45x
-        # faster with 3 classes and 1.9-4.5x with 48 (benchmarks/RESULTS.md)
-        return raw_out, _gather_nearest(labels, self._frame() @ self.matrix, label_shape)
+        return self.apply_raw(raw, grids), self.apply_labels(labels, grids)
+
+    def apply_raw(self, raw: np.ndarray, grids: dict | None = None) -> np.ndarray:
+        """raw [Z,Y,X] read on the sample's grid -> flipped, swapped and turned (`apply`)."""
+        view = raw
+        for i in self.flips:
+            view = np.flip(view, i)
+        view = view.transpose(self.order)
+        if self.matrix is None:
+            return view
+        return _turn_raw(view, self.matrix, self.out_shapes()[0], {} if grids is None else grids)
+
+    def apply_labels(self, labels: np.ndarray, grids: dict | None = None) -> np.ndarray:
+        """labels [C,Z,Y,X] read on the sample's grid -> flipped, swapped and turned (`apply`)."""
+        label_shape = self.out_shapes()[1]
+        if self.matrix is not None and not _fixed_axes(self.matrix):
+            # a 3D turn: an index gather from the labels as read, the flips and the axis order folded
+            # into the map; against sampling a copy of the flipped, swapped labels it is 1.2-1.45x
+            # faster with 3 classes and 1.9-4.5x with 48 (benchmarks/RESULTS.md)
+            return sample_nearest(labels, self.read_map(), (np.asarray(labels.shape[1:]) - 1) / 2, label_shape)
+        view = labels
+        for i in self.flips:
+            view = np.flip(view, i + 1)
+        view = view.transpose([0] + [i + 1 for i in self.order])
+        if self.matrix is None:
+            return view
+        # a batched 2D turn on raw's grid: cheapest for flat samples
+        return _turn_labels(view, self.matrix, label_shape, {} if grids is None else grids)
+
+    def read_map(self) -> np.ndarray:
+        """Centred offsets of the sample as it comes out -> as read, in sample voxels: the flips,
+        the axis order and the rotation as one matrix (for samples interpolated from a level)."""
+        return self._frame() @ (self.matrix if self.matrix is not None else np.eye(3))
+
+    def out_shapes(self) -> tuple[list[int], list[int]]:
+        """The raw and label shapes of the sample as it comes out (after the axis order)."""
+        return [self.raw_shape[i] for i in self.order], [self.label_shape[i] for i in self.order]
 
     def _frame(self) -> np.ndarray:
         """Centred coordinates after the flips and the axis order -> as read."""
@@ -302,22 +260,32 @@ class SampleTransforms:
     `instantiate(..., transforms=obj)` back into a config node.)"""
 
     def __init__(self, spatial: SpatialTransform | None = None, raw: NormalizeRaw | None = None,
-                 target: BinarizeLabels | None = None):
+                 target: BinarizeLabels | None = None, intensity=None):
         self.spatial, self.raw, self.target = spatial, raw, target
+        self.intensity = intensity  # data/intensity.py's IntensityTransforms: training samples only
 
     def draw(self, rng: np.random.Generator, raw_shape: Sequence[int], label_shape: Sequence[int]) -> SpatialDraw | None:
         """The sample's spatial choices, made before it is read (None: no spatial transform)."""
         return self.spatial.draw(rng, raw_shape, label_shape) if self.spatial is not None else None
 
-    def apply(self, draw: SpatialDraw | None, raw: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """raw [Z,Y,X] and labels [C,Z,Y,X], read with `draw`'s margins -> the sample: raw float32,
-        labels uint8 after `BinarizeLabels`, float32 with NaN = unknown without a target transform."""
-        if draw is not None:
-            raw, labels = draw.apply(raw, labels)
+    def values(self, raw: np.ndarray, labels: np.ndarray,
+               rng: np.random.Generator | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """The value transforms of a sample already on its grid: raw float32, labels uint8 after
+        `BinarizeLabels`, float32 with NaN = unknown without a target transform. `rng` is the
+        sample's generator after its spatial draw (random value transforms draw from it)."""
         raw = self.raw(raw) if self.raw is not None else raw.astype(np.float32)
+        if self.intensity is not None and rng is not None:  # no rng: a validation sample, left as read
+            raw = self.intensity(raw, rng)
         labels = self.target(labels) if self.target is not None else labels.astype(np.float32)
         return np.ascontiguousarray(raw), np.ascontiguousarray(labels)
 
+    def apply(self, draw: SpatialDraw | None, raw: np.ndarray, labels: np.ndarray,
+              rng: np.random.Generator | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """raw [Z,Y,X] and labels [C,Z,Y,X], read with `draw`'s margins -> the sample (`values`)."""
+        if draw is not None:
+            raw, labels = draw.apply(raw, labels)
+        return self.values(raw, labels, rng)
+
     def __call__(self, raw: np.ndarray, labels: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
         """A sample already read, without context (rotated corners unknown)."""
-        return self.apply(self.draw(rng, raw.shape, labels.shape[1:]), raw, labels)
+        return self.apply(self.draw(rng, raw.shape, labels.shape[1:]), raw, labels, rng)

@@ -10,8 +10,7 @@ import pickle
 import numpy as np
 import pytest
 
-from cellmap_train.data.class_relations import atoms_of, exclusive_partners
-from cellmap_train.data.dataset import infer_negatives
+from cellmap_train.data.class_relations import atoms_of, exclusive_partners, infer_negatives
 from cellmap_train.errors import ConfigError
 from cellmap_train.legacy.tested_classes import TESTED_CLASSES
 from test_datasets import make_data

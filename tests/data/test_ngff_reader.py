@@ -8,7 +8,7 @@ import pytest
 
 from cellmap_train.data.dataset import ArrayInfo, Crop
 from cellmap_train.data.datasplit import CropEntry
-from cellmap_train.data.ngff import open_level
+from cellmap_train.data.ngff import choose_level, open_level
 from cellmap_train.errors import DataError
 
 RAW_S0_T = (-30.0, 2.0, 18.0)  # 4 nm voxels: edges start at (-32, 0, 16)
@@ -72,10 +72,20 @@ def test_unannotated_class_is_unknown(volume):
     assert not np.isnan(target[0]).any() and np.isnan(target[1]).all()
 
 
-def test_wrong_scale_lists_available_levels(volume):
+def test_level_choice_is_the_coarsest_nowhere_coarser_else_the_finest(volume):
     entry = volume[0]
-    with pytest.raises(DataError, match=r"no level at scale \[2.0, 2.0, 2.0\].*s0=\[4.0, 4.0, 4.0\], s1=\[8.0, 8.0, 8.0\]"):
-        open_level(entry.raw_url, [2, 2, 2])
+    assert open_level(entry.raw_url, [16, 16, 16]).path.endswith("/s1")  # downsampled from 8 nm
+    assert open_level(entry.raw_url, [6, 6, 6]).path.endswith("/s0")  # 8 nm would be coarser
+    assert open_level(entry.raw_url, [8, 4, 8]).path.endswith("/s0")  # coarser on one axis is coarser
+    assert open_level(entry.raw_url, [2, 2, 2]).path.endswith("/s0")  # finer than all: the finest
+
+
+def test_choose_level_on_anisotropic_pyramids():
+    pyramid = [[2.62 * 2**k, 2.0 * 2**k, 2.0 * 2**k] for k in range(6)]
+    assert choose_level(pyramid, [8, 8, 8]) == 1  # [5.24, 4, 4]: [10.48, 8, 8] is coarser in z
+    assert choose_level(pyramid, [16, 16, 16]) == 2
+    assert choose_level(pyramid, [2.62, 2, 2]) == 0 and choose_level(pyramid, [2, 2, 2]) == 0
+    assert choose_level([[32.0] * 3], [8, 8, 8]) == 0  # a class annotated only at 32 nm
 
 
 def test_missing_path_names_it(tmp_path):
