@@ -3,6 +3,7 @@ shorthands that turn a mistyped override into one clear line before anything run
 
 from __future__ import annotations
 
+import math
 import numbers
 import os
 from datetime import datetime
@@ -78,7 +79,7 @@ register_resolvers()
 # shorthand -> (accepted types, predicate, what it must be)
 _POSITIVE_INT = ((int,), lambda v: v >= 1, "an integer >= 1")
 _SHORTHANDS = {
-    "lr": ((numbers.Real,), lambda v: v > 0, "a positive number"),
+    "lr": ((numbers.Real,), lambda v: 0 < v < math.inf, "a positive number"),  # inf too trains on NaN
     "batch_size": _POSITIVE_INT,
     "epochs": _POSITIVE_INT,
     "iterations_per_epoch": _POSITIVE_INT,

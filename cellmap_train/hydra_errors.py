@@ -11,6 +11,7 @@ goes through Hydra's report unchanged; HYDRA_FULL_ERROR=1 keeps Hydra's behaviou
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import re
 import sys
@@ -21,6 +22,7 @@ from hydra.errors import HydraException, MissingConfigException, OverrideParseEx
 from omegaconf.errors import OmegaConfBaseException
 
 from cellmap_train.config import removed_group_message
+from cellmap_train.errors import UserError
 
 PROG = "cellmap_train"
 
@@ -91,6 +93,18 @@ def _override_at_fault(err: BaseException) -> str | None:
     return line if isinstance(line, str) and line not in str(err) else None
 
 
+def _file_written(err: OSError) -> str | None:
+    """The file a failed write was writing (a write or close names none: Hydra's `.hydra/`
+    files on a full disk): an open file in the innermost frame that holds one."""
+    tb, found = err.__traceback__, None
+    while tb is not None:
+        name = next((getattr(value, "name", None) for value in tb.tb_frame.f_locals.values()
+                     if isinstance(value, io.IOBase) and isinstance(getattr(value, "name", None), str)), None)
+        found = name or found
+        tb = tb.tb_next
+    return found
+
+
 def _raised_by_hydra(err: BaseException) -> bool:
     frames = traceback.extract_tb(err.__traceback__)
     return bool(frames) and f"hydra{os.sep}_internal" in frames[-1].filename
@@ -103,10 +117,13 @@ def _guarded(func: Callable[[], Any]) -> Callable[[], Any]:
         except (HydraException, OmegaConfBaseException) as err:
             print(f"{PROG}: error: {condense(err)}", file=sys.stderr)
             sys.exit(1)
+        except UserError as err:  # raised before the run's own handler: a busy run folder, a record that cannot be written
+            print(f"{PROG}: error: {str(err).strip().splitlines()[0]}", file=sys.stderr)
+            sys.exit(1)
         except OSError as err:  # a folder or file that cannot be made or written: an unusable hydra.run.dir, a full disk
-            if err.filename is None:
+            where = (f"{err.filename} -> {err.filename2}" if err.filename2 else err.filename) or _file_written(err)
+            if where is None:
                 raise
-            where = f"{err.filename} -> {err.filename2}" if err.filename2 else err.filename
             print(f"{PROG}: error: {where}: {err.strerror or type(err).__name__}", file=sys.stderr)
             sys.exit(1)
         except (ValueError, TypeError) as err:  # e.g. `model=1.5` / an int choice: Hydra rejects the value while composing

@@ -7,6 +7,7 @@ one line."""
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import sys
@@ -22,6 +23,7 @@ from omegaconf.errors import OmegaConfBaseException
 from cellmap_train import sweep_stop
 from cellmap_train.config import run_path
 from cellmap_train.errors import TrainingInterrupted, UserError
+from cellmap_train.files import RunWriteError
 from cellmap_train.interrupt import StopRequest
 from cellmap_train.sweep import write_result
 from cellmap_train.torchrun import is_rank_zero
@@ -71,9 +73,11 @@ def run_and_record(cfg: DictConfig, hydra_cfg: DictConfig, train: Train) -> floa
         message = one_line(err) if expected else f"{type(err).__name__}: {err}".splitlines()[0]
         print(f"cellmap_train: error: {message}", file=sys.stderr)
         stopped = isinstance(err, TrainingInterrupted)  # its record keeps the metrics of the epochs it finished
-        if writes_files:
-            write_result(output_dir, record(err.result if stopped else None, cfg, time.perf_counter() - start,
-                                            error=message, status="interrupted" if stopped else None))
+        # a record that cannot be written either (the full disk that stopped the run): the line above says why
+        with contextlib.suppress(RunWriteError):
+            if writes_files:
+                write_result(output_dir, record(err.result if stopped else None, cfg, time.perf_counter() - start,
+                                                error=message, status="interrupted" if stopped else None))
         if multirun:
             stop_sweep_if_signalled(stop, hydra_cfg)
             return math.nan
@@ -99,6 +103,7 @@ def report(result: FitResult, cfg: DictConfig) -> None:
           f"best {cfg.trainer.best_metric} {result.best_metric:.3f} at epoch {result.best_epoch}")
     print(f"Checkpoint: {result.checkpoint}")
     print(f"TensorBoard: tensorboard --logdir {run_path(cfg, cfg.logs_save_path)}")
+    print(f"Predict: cellmap-train predict input={cfg.paths.output_dir}   # its validation crops; then evaluate / pack")
 
 
 def one_line(err: BaseException) -> str:

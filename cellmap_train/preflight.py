@@ -95,6 +95,9 @@ def check_numeric_options(cfg: DictConfig, groups: tuple[str, ...] = ("optimizer
         except (ImportError, AttributeError, ValueError, TypeError):  # a class we cannot inspect: its own errors apply
             continue
         for name, parameter in parameters.items():
+            if group == "optimizer" and name in node and _is_number(node[name]) and not np.isfinite(node[name]):
+                raise ConfigError(f"optimizer.{name}={node[name]!r}: must be a finite number (the first step "
+                                  f"would make every weight NaN)")
             if name in node and not _fits_default(node[name], parameter.default):
                 default = parameter.default
                 wanted = "a number" if _is_number(default) else f"{len(default)} numbers"

@@ -19,6 +19,7 @@ from cellmap_train.errors import CheckpointError
 from cellmap_train.hydra_errors import one_line_hydra_errors
 from cellmap_train.interrupt import StopRequest
 from cellmap_train.job import run_job
+from cellmap_train.run_lock import release
 from cellmap_train.torchrun import is_rank_zero, launched_by_torchrun
 
 # torch and everything built on it (~2 s to import) load when a run starts, not when Hydra reads
@@ -120,3 +121,5 @@ def main() -> None:
     except KeyboardInterrupt:  # Ctrl-C outside training (which checkpoints and stops on its own), or a second one
         print("cellmap_train: interrupted", file=sys.stderr)
         sys.exit(130)
+    finally:  # a run that ended in sys.exit skipped Hydra's end callbacks: let its folder go (runs in one process)
+        release()

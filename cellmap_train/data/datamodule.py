@@ -30,6 +30,7 @@ from cellmap_train.data.dataset import (ArrayInfo, CountingSampler, Crop, Random
 from cellmap_train.data.datasplit import label_names_on_disk, make_datasplit_csv, read_datasplit
 from cellmap_train.data.demo import ensure_demo_data
 from cellmap_train.data.ngff import map_concurrently
+from cellmap_train.data.raw_values import unit_normalized, warn_of_raw_values
 from cellmap_train.data.transforms import SampleTransforms
 from cellmap_train.errors import ConfigError, DataError, UserError
 
@@ -143,8 +144,8 @@ def open_crops(crops: Sequence[Crop], threads: int, input_info: ArrayInfo, targe
     resampled = [level for crop in crops for level in [crop.raw_level, *crop.known]
                  if not np.allclose(level.scale, input_info.scale if level is crop.raw_level else target_info.scale)]
     if resampled:
-        log.info("%d of %d arrays have no level at the requested voxel size and are resampled from the nearest finer "
-                 "one%s", len(resampled), sum(1 + len(crop.known) for crop in crops),
+        log.info("%d of %d arrays have no level at the requested voxel size and are resampled from the level chosen "
+                 "for them%s", len(resampled), sum(1 + len(crop.known) for crop in crops),
                  f"; {len(coarse)} class arrays annotated only coarser than {_nm(target_info.scale)} nm are upsampled "
                  f"(data.filter_by_scale leaves such classes out)" if coarse else "")
 
@@ -253,7 +254,7 @@ class CellMapData:
                  dataloader_kwargs: Mapping | None = None, make_demo: bool = False, train_on_validation: bool = False,
                  train_transforms: SampleTransforms | None = None, val_transforms: SampleTransforms | None = None,
                  rare_class_weight: float = 0.0, filter_by_scale: bool = False, chunk_cache_mb: float = 256,
-                 open_threads: int = 16, mutual_exclusion: bool = False):
+                 open_threads: int = 16, mutual_exclusion: bool = False, allow_split_overlap: bool = False):
         self.classes = list(classes)
         self.batch_size = int(batch_size)
         self.seed = int(seed)
@@ -271,7 +272,9 @@ class CellMapData:
         self.search_path = str(search_path)
         self.datasplit_path = Path(datasplit_path)
         if self.datasplit_path.exists():
-            entries = read_datasplit(self.datasplit_path)
+            if not isinstance(allow_split_overlap, bool):
+                raise ConfigError(f"data.allow_split_overlap={allow_split_overlap!r}: must be true or false")
+            entries = read_datasplit(self.datasplit_path, allow_overlap=allow_split_overlap)
         else:
             entries = make_datasplit_csv(self.classes, force_all_classes, validation_prob, base_path=self.search_path,
                                          csv_path=self.datasplit_path, storage_options=self.storage_options, seed=self.seed,
@@ -287,6 +290,8 @@ class CellMapData:
         if train_on_validation:
             crops["train"] = crops["validate"]
         warn_of_unannotated_classes(self.classes, crops, self.datasplit_path, self.storage_options, exclusive)
+        warn_of_raw_values([crop.entry.raw_url for usage in usages for crop in crops[usage]], self.storage_options,
+                           unit=unit_normalized(train_transforms), threads=open_threads)
         self.train_set = RandomCropDataset(crops["train"], train_transforms, self.seed, weighted=weighted_sampler,
                                            rare_class_weight=rare_class_weight, threads=open_threads)
         self.val_set = ValidationTileDataset(crops["validate"], val_transforms)

@@ -109,7 +109,8 @@ class Crop:
                                             self.cache) if cls in self.entry.classes else None for cls in self.classes}
             self._groups = level_groups(self._labels)
             self._raw = raw
-            check_inside(self._raw, self.known, self.entry)
+            # the levels themselves, not `known`: that opens again a crop read through zarr (pid not yet set)
+            check_inside(raw, [level for level in self._labels.values() if level is not None], self.entry)
         self._pid = os.getpid()
         return self
 

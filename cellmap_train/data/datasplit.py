@@ -21,7 +21,7 @@ from typing import Sequence
 import numpy as np
 
 from cellmap_train.data.ngff import level_transforms, map_concurrently, open_group, reachable, url_filesystem
-from cellmap_train.errors import DataError
+from cellmap_train.errors import ConfigError, DataError
 from cellmap_train.files import atomic_write
 
 SEARCH_PATH = "{base_path}/{dataset}/{dataset}.zarr/recon-1/{name}"
@@ -29,6 +29,9 @@ RAW_NAME = "em/fibsem-uint8"
 CROP_NAME = "labels/groundtruth/{crop}/{label}"
 S3_BASE_PATH = "s3://janelia-cosem-datasets"
 USAGES = ("train", "validate")
+# label groups of a crop that are not classes: `all` is the annotators' dense map, every class of
+# the crop in one array keyed by class id; read as a class it would be "any structure"
+NOT_CLASSES = frozenset({"all"})
 log = logging.getLogger(__name__)
 
 
@@ -147,6 +150,8 @@ def make_datasplit_csv(classes: Sequence[str] = ("nuc", "mito"), force_all_class
     csv_path = Path(csv_path)
     if csv_path.exists() and not overwrite and not dry_run:
         return read_datasplit(csv_path)
+    if reason := not_a_class(classes):
+        raise ConfigError(f"classes: {reason}")
     if "{base_path}" in search_path and "://" not in str(base_path) and not Path(base_path).is_dir():
         raise DataError(f"{base_path}: no such folder to list crops from")
     search_path = search_path.replace("{base_path}", str(base_path).rstrip("/"))
@@ -168,6 +173,13 @@ def make_datasplit_csv(classes: Sequence[str] = ("nuc", "mito"), force_all_class
     if not dry_run:
         write_datasplit(entries, csv_path)
     return entries
+
+
+def not_a_class(classes: Sequence[str]) -> str:
+    """Why the first of `classes` that is a label group but not a class cannot be asked for, or ''."""
+    name = next((cls for cls in classes if cls in NOT_CLASSES), None)
+    return "" if name is None else (f"{name} is a crop's class-id map (every class of the crop in one array, "
+                                    f"keyed by id), not a class; name the classes themselves")
 
 
 def _fine_enough(crop_url: str, present: Sequence[str], scale, storage_options) -> tuple[str, ...]:
@@ -203,7 +215,8 @@ def label_names_on_disk(entries: Sequence[CropEntry], storage_options: dict | No
                 listing = fs.ls(path, detail=True)
             except FileNotFoundError:
                 return set()
-        return {item["name"].rstrip("/").rsplit("/", 1)[-1] for item in listing if item.get("type") == "directory"}
+        names = {item["name"].rstrip("/").rsplit("/", 1)[-1] for item in listing if item.get("type") == "directory"}
+        return names - NOT_CLASSES
 
     return set().union(*map_concurrently(groups, list(entries)[:limit], threads=16))
 
@@ -214,11 +227,14 @@ def write_datasplit(entries: Sequence[CropEntry], csv_path: str | os.PathLike) -
         csv.writer(handle, quoting=csv.QUOTE_ALL, lineterminator="\n").writerows(entry.row() for entry in entries)
 
 
-def read_datasplit(csv_path: str | os.PathLike) -> list[CropEntry]:
+def read_datasplit(csv_path: str | os.PathLike, allow_overlap: bool = False) -> list[CropEntry]:
+    """The rows of a datasplit CSV. A crop listed twice for one split is kept once (one warning);
+    a crop listed for both splits is refused unless `allow_overlap` (validation would score
+    training data, and "best" would be chosen on it)."""
     csv_path = Path(csv_path)
     if not csv_path.exists():
         raise DataError(f"{csv_path}: datasplit CSV not found")
-    entries = []
+    entries, lines = [], []
     with open(csv_path, newline="") as handle:
         for line_no, row in enumerate(csv.reader(handle), start=1):
             if not row or all(not cell.strip() for cell in row):
@@ -227,7 +243,42 @@ def read_datasplit(csv_path: str | os.PathLike) -> list[CropEntry]:
                 raise DataError(f"{csv_path}:{line_no}: expected 5 columns \"train|validate\",raw zarr,raw path,gt zarr,gt path/[classes]; got {row}")
             gt_path, _, class_list = row[4].rpartition("/[")
             classes = tuple(c.strip() for c in class_list[:-1].split(",") if c.strip())
+            if reason := not_a_class(classes):
+                raise DataError(f"{csv_path}:{line_no}: {reason}")
             entries.append(CropEntry(row[0], row[1], row[2].strip("/"), row[3], gt_path.strip("/"), classes))
+            lines.append(line_no)
     if not entries:
         raise DataError(f"{csv_path}: datasplit CSV has no rows")
-    return entries
+    return check_rows(entries, lines, csv_path, allow_overlap)
+
+
+def _crop_key(entry: CropEntry) -> tuple[str, str]:
+    """Which crop a row names, however its paths are spelt (trailing or doubled slashes)."""
+    return os.path.normpath(entry.gt_zarr.rstrip("/")), os.path.normpath(entry.gt_path)
+
+
+def check_rows(entries: Sequence[CropEntry], lines: Sequence[int], csv_path: Path,
+               allow_overlap: bool = False) -> list[CropEntry]:
+    """Drop rows repeating a crop within one split (they would double its share of the draws),
+    with one warning; refuse a crop in both splits (naming both rows) unless `allow_overlap`."""
+    first: dict[tuple[str, str, str], int] = {}  # (usage, crop) -> index of its first row
+    kept, dropped = [], []
+    for index, (entry, line) in enumerate(zip(entries, lines)):
+        key = (entry.usage, *_crop_key(entry))
+        if key in first:
+            dropped.append(f"{line} (as {lines[first[key]]})")
+            continue
+        first[key] = index
+        kept.append(entry)
+    if dropped:
+        log.warning("%s: %d duplicate row%s dropped, each repeating an earlier row's crop and split: line %s",
+                    csv_path, len(dropped), "s" * (len(dropped) > 1), ", ".join(dropped[:5]) +
+                    (f" and {len(dropped) - 5} more" if len(dropped) > 5 else ""))
+    if not allow_overlap:
+        for (usage, *crop), index in first.items():
+            other = first.get(("validate", *crop)) if usage == "train" else None
+            if other is not None:
+                raise DataError(f"{csv_path}:{lines[index]} (train) and {csv_path}:{lines[other]} (validate) list the "
+                                f"same crop {entries[index].name}: validation would score training data; remove one "
+                                f"row, or data.allow_split_overlap=true to train on it anyway")
+    return kept

@@ -7,6 +7,7 @@ World coordinates are nm, axes z/y/x; a level's `translation` is the centre of i
 
 from __future__ import annotations
 
+import json
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -16,6 +17,7 @@ import fsspec
 import numpy as np
 import zarr
 
+from cellmap_train.data.bad_json import not_json_message
 from cellmap_train.data.chunks import ChunkCache, ChunkReadError, chunk_coords, chunk_reader
 from cellmap_train.errors import DataError
 
@@ -61,19 +63,30 @@ def open_group(path: str, storage_options: dict | None = None) -> zarr.Group:
             raise DataError(f"{path}: no zarr group there") from err
         if _unreachable(err):
             raise DataError(f"{path}: {unreachable_message(err)}") from err
+        if isinstance(err, json.JSONDecodeError):
+            raise DataError(not_json_message(path, err, storage_options)) from err
         raise
 
 
 @dataclass(frozen=True)
 class LabelEncoding:
-    """How a label array's values read as classes (the `cellmap.annotation` attributes).
+    """How a label array's values read as classes: the `cellmap.annotation.annotation_type`
+    attributes (cellmap-schemas), `encoding` mapping absent / present / unknown to the values
+    that stand for them (the challenge's data: absent 0, present 1, unknown 255).
 
-    Semantic arrays may mark voxels nobody annotated with an `unknown` value (255 in the
-    challenge data); instance arrays hold ids, any id > 0 is foreground.
+    Semantic arrays: the absent value reads 0, the present value 1, unknown NaN; other values
+    as stored. Instance arrays hold object ids, the values the encoding does not name: every id
+    reads 1, absent 0, and unknown NaN where the encoding names one. That makes an id equal to
+    the unknown code unknown: cellmap-schemas reserves the codes the encoding names (an
+    object's id is a value it does not name), and masking such an object out of the loss
+    costs some signal where reading unknown voxels as foreground would teach a wrong label.
+    Arrays without the attributes read as stored (0 absent, above 0 present).
     """
 
     unknown: float | None = None
     instance: bool = False
+    absent: float = 0.0
+    present: float | None = None
 
     @classmethod
     def from_attrs(cls, *attr_sets: dict) -> "LabelEncoding":
@@ -82,18 +95,23 @@ class LabelEncoding:
             if not isinstance(annotation, dict):
                 continue
             kind = annotation.get("annotation_type") or {}
-            instance = kind.get("type") == "instance_segmentation"
-            unknown = (kind.get("encoding") or {}).get("unknown")
-            # an instance id may legitimately equal the unknown code, so only semantic arrays use it
-            return cls(None if instance or unknown is None else float(unknown), instance)
+            codes = kind.get("encoding") or {}
+            absent, present, unknown = (codes.get(name) for name in ("absent", "present", "unknown"))
+            return cls(None if unknown is None else float(unknown), kind.get("type") == "instance_segmentation",
+                       0.0 if absent is None else float(absent), None if present is None else float(present))
         return cls()
 
     def decode(self, values: np.ndarray) -> np.ndarray:
         """float32 labels: 0 / 1 (or the stored value) / NaN for unknown."""
         out = values.astype(np.float32)
         if self.instance:
-            out = np.where(np.isnan(out), np.nan, (out > 0).astype(np.float32))
-        elif self.unknown is not None:
+            out = np.where(np.isnan(out), np.nan, (out != self.absent).astype(np.float32))
+        else:
+            if self.absent != 0:
+                out[values == self.absent] = 0
+            if self.present is not None and self.present != 1:
+                out[values == self.present] = 1
+        if self.unknown is not None:
             out[values == self.unknown] = np.nan
         return out
 
@@ -128,7 +146,7 @@ class ScaleLevel:
     translation: tuple[float, ...]
     path: str
     encoding: LabelEncoding = LabelEncoding()
-    reader: Any = None  # a chunks.V2ChunkReader, else reads go through zarr
+    reader: Any = None  # a chunks.ChunkReader, else reads go through zarr
 
     def __post_init__(self):  # numpy copies of the geometry, used on every read
         self._scale = np.asarray(self.scale, dtype=float)
@@ -316,13 +334,15 @@ def map_concurrently(fn: Callable[[T], R], items: Sequence[T], threads: int) -> 
         pool.shutdown(wait=True, cancel_futures=True)
 
 
-def open_level_array(group: zarr.Group, path: str, name: str):
+def open_level_array(group: zarr.Group, path: str, name: str, storage_options: dict | None = None):
     """The array `name` of the multiscale group (its metadata is fetched here)."""
     try:
         with reachable(f"{path}/{name}"):
             return group[name]
     except (KeyError, FileNotFoundError) as err:
         raise DataError(f"{path}/{name}: listed in multiscales but missing") from err
+    except json.JSONDecodeError as err:
+        raise DataError(not_json_message(f"{path}/{name}", err, storage_options)) from err
 
 
 def choose_level(scales: Sequence[Sequence[float]], wanted: Sequence[float]) -> int:
@@ -339,7 +359,7 @@ def open_level(path: str, scale: Sequence[float], storage_options: dict | None =
                cache: ChunkCache | None = None, group: zarr.Group | None = None) -> ScaleLevel:
     """The level of the multiscale group at `path` (`group`, when already open) to read samples
     of voxel size `scale` (nm, z/y/x) from (`choose_level`); samples are resampled from it. Its
-    chunks are read with chunks.V2ChunkReader where it can (decoded chunks kept in `cache`)."""
+    chunks are read with chunks.ChunkReader where it can (decoded chunks kept in `cache`)."""
     group = group if group is not None else open_group(path, storage_options)
     levels = level_transforms(group, path)
     wanted = tuple(float(s) for s in scale)

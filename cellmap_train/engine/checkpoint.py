@@ -19,7 +19,7 @@ import torch
 
 from cellmap_train.engine.pause_hook import pause_point
 from cellmap_train.errors import CheckpointError
-from cellmap_train.files import atomic_write
+from cellmap_train.files import RunWriteError, atomic_write
 
 FULL_KEYS = {"model", "optimizer", "epoch", "step"}
 TORCH_SAVE_HEADERS = (b"PK\x03\x04", b"\x80")  # a zip archive (torch >= 1.6), a pickle (older files)
@@ -84,21 +84,76 @@ def _as_tuple(value):
     return tuple(_as_tuple(v) for v in value) if isinstance(value, (list, tuple)) else value
 
 
+class _WriteErrors:
+    """A file for torch.save that keeps the OSError of a failed write (torch turns it into a
+    RuntimeError without the cause: `[enforce fail at inline_container.cc] . unexpected pos`)."""
+
+    def __init__(self, handle):
+        self.handle, self.error = handle, None
+
+    def write(self, data) -> int:
+        try:
+            return self.handle.write(data)
+        except OSError as err:
+            self.error = err
+            raise
+
+    def flush(self) -> None:
+        self.handle.flush()
+
+
 def save_checkpoint(state: dict, path: str | os.PathLike) -> Path:
     """Write to a temporary file in the same folder, fsync, then rename over the final name:
     a crash leaves the previous file or the complete new one, never a truncated one."""
     path = Path(path)
-    with atomic_write(path, "wb") as handle:
-        torch.save(state, handle)
-        pause_point("checkpoint_write")
+    try:
+        with atomic_write(path, "wb") as handle:
+            writer = _WriteErrors(handle)
+            try:
+                torch.save(state, writer)
+            except RuntimeError:  # torch reports a failed write as "unexpected pos ...": raise what the OS said
+                if writer.error is None:
+                    raise
+                raise writer.error from None
+            pause_point("checkpoint_write")
+    except RunWriteError as err:
+        raise RunWriteError(f"{err}; checkpoints of earlier epochs are kept") from err
     for stale in path.parent.glob(f".{glob.escape(path.name)}.tmp-*"):  # left by a killed earlier run
         stale.unlink(missing_ok=True)
     return path
 
 
+ANSI = re.compile(r"\x1b\[[0-9;]*m")  # torch's bold "do those steps only if you trust the source"
+
+
 def _first_line(err: BaseException, limit: int = 300) -> str:
-    lines = [line.strip() for line in str(err).strip().splitlines() if line.strip()]
-    return " ".join(lines[:3])[:limit] if lines else type(err).__name__
+    lines = [line.strip() for line in ANSI.sub("", str(err)).strip().splitlines() if line.strip()]
+    text = " ".join(lines[:3])
+    return text if len(text) <= limit else text[:limit].rsplit(" ", 1)[0] + " ..."
+
+
+def pickled_class(path: Path) -> str | None:
+    """The first class a torch.save zip archive's pickle names (read with pickletools, nothing
+    run), when it is not one a state_dict is made of: `torch.save(model)` writes the model's class."""
+    import pickletools
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as archive:
+            member = next((n for n in archive.namelist() if n.endswith("/data.pkl") or n == "data.pkl"), None)
+            data = archive.read(member) if member else b""
+        strings: list[str] = []
+        for op, arg, _ in pickletools.genops(data):
+            if op.name in ("SHORT_BINUNICODE", "BINUNICODE", "UNICODE"):
+                strings.append(arg)
+            name = arg.replace(" ", ".") if op.name == "GLOBAL" else (
+                ".".join(strings[-2:]) if op.name == "STACK_GLOBAL" and len(strings) >= 2 else None)
+            if name and not name.startswith(("torch._utils.", "collections.", "torch._tensor.")) \
+                    and not name.endswith("Storage") and name.rsplit(".", 1)[-1][:1].isupper():
+                return name
+    except Exception:  # noqa: BLE001 - not a readable archive: the generic message applies
+        return None
+    return None
 
 
 def read_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
@@ -115,6 +170,11 @@ def read_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:
+        whole = pickled_class(path) if "Weights only load failed" in str(err) else None
+        if whole:
+            raise CheckpointError(f"{path}: a whole pickled {whole} (what torch.save(model) writes), not a state_dict; "
+                                  f"loading it would run code from the file, so only weights are read: save them with "
+                                  f"torch.save(model.state_dict(), 'weights.pth') and use that file") from err
         raise CheckpointError(f"{path}: not a readable checkpoint, truncated or corrupt? ({_first_line(err, 200)})") from err
     if not isinstance(state, dict):
         raise CheckpointError(f"{path}: checkpoint holds a {type(state).__name__}, expected a dict")

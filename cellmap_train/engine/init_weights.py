@@ -47,6 +47,12 @@ def init_weights(model: torch.nn.Module, path: str | os.PathLike, classes: Seque
     weights = state["model"] if is_full(state) else state
     if not all(isinstance(value, torch.Tensor) for value in weights.values()):
         raise CheckpointError(f"{path}: not a model's weights (a state_dict of tensors)")
+    bad = next((name for name, t in weights.items() if t.is_floating_point() and not bool(torch.isfinite(t).all())), None)
+    if bad is not None:  # it would train on NaN from the first step, and say only "loss is nan"
+        tensor = weights[bad]
+        count = int((~torch.isfinite(tensor)).sum())
+        raise CheckpointError(f"{path}: weight {bad} holds {count} NaN or inf value{'s' * (count > 1)} "
+                              f"(of {tensor.numel()}): a model started from it trains on NaN")
     own = model.state_dict()
     missing, unexpected = sorted(own.keys() - weights.keys()), sorted(weights.keys() - own.keys())
     if missing or unexpected:

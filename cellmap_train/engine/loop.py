@@ -29,6 +29,7 @@ from cellmap_train.engine.checkpoint import (
     prune_checkpoints, read_checkpoint, rng_state, save_checkpoint,
 )
 from cellmap_train.engine.layout import apply_layout
+from cellmap_train.engine.nonfinite import all_finite, first_nonfinite
 from cellmap_train.engine.pause_hook import pause_point
 from cellmap_train.engine.prefetch import DeviceBatches
 from cellmap_train.engine.progress import Progress
@@ -166,9 +167,10 @@ def _fit(settings: TrainSettings, model: torch.nn.Module, optimizer: torch.optim
         progress.set_epoch(epoch, settings.epochs)
         epoch_start, loss_sum = time.perf_counter(), partial_loss
         for epoch_steps in range(partial_steps + 1, settings.iterations_per_epoch + 1):
-            step_loss = 0.0
+            step_loss, inputs_finite = 0.0, None
             for micro in range(accumulate):
                 raw, target = next(batches)
+                inputs_finite = all_finite(raw, inputs_finite)  # read only if the loss is not finite
                 with distributed.no_sync(train_model, last_micro_batch=micro == accumulate - 1):
                     with autocast:
                         loss = criterion(train_model(raw).float(), target) / accumulate
@@ -180,8 +182,9 @@ def _fit(settings: TrainSettings, model: torch.nn.Module, optimizer: torch.optim
             if not math.isfinite(step_loss):
                 if not settings.skip_nonfinite_steps:
                     progress.close()
-                    raise NonFiniteLossError(f"loss is {step_loss} at epoch {epoch}, step {step + 1}; checkpoints of "
-                                             f"earlier epochs are kept (trainer.skip_nonfinite_steps=true skips such steps)")
+                    raise NonFiniteLossError(f"loss is {step_loss} at epoch {epoch}, step {step + 1}: "
+                                             f"{first_nonfinite(inputs_finite, model)}; checkpoints of earlier epochs "
+                                             f"are kept (trainer.skip_nonfinite_steps=true skips such steps)")
                 optimizer.zero_grad(set_to_none=True)  # the batch still counts, so the sample stream stays aligned
                 step += 1
                 progress.line(f"loss is {step_loss} at epoch {epoch}, step {step}: step skipped")

@@ -2,25 +2,68 @@
 
 from __future__ import annotations
 
+import functools
 import math
 import os
+import threading
+from pathlib import Path
 from typing import Mapping, Sequence
 
 import torch
 from torch.utils.tensorboard import SummaryWriter
 
+from cellmap_train.files import RunWriteError, write_error
+
+
+def _one_line_writes(method):
+    """A write that fails (full disk, no permission), here or in the writer's thread (which
+    keeps the error for the next call), ends the run in one line naming the event file."""
+    @functools.wraps(method)
+    def call(self, *args, **kwargs):
+        try:
+            return method(self, *args, **kwargs)
+        except OSError as err:
+            if isinstance(err, RunWriteError):
+                raise
+            writer = getattr(self, "writer", None)
+            where = writer.file_writer.get_logdir() if writer is not None and writer.file_writer else self.log_dir
+            files = sorted(Path(where).glob("events.out.tfevents.*")) if os.access(where, os.R_OK) else []
+            raise RunWriteError(write_error(files[-1] if files else where, err)) from None
+    return call
+
+
+@functools.cache
+def quiet_writer_thread_errors() -> None:
+    """The event writer's thread keeps a failed write's OSError for the next call in the main
+    thread (reported there in one line) and also lets it reach threading's hook, which prints a
+    traceback: leave that one out."""
+    from tensorboard.summary.writer.event_file_writer import _AsyncWriterThread
+
+    previous = threading.excepthook
+
+    def hook(args) -> None:
+        if not (isinstance(args.thread, _AsyncWriterThread) and issubclass(args.exc_type, OSError)):
+            previous(args)
+
+    threading.excepthook = hook
+
 
 class TensorBoardLogger:
+    @_one_line_writes
     def __init__(self, log_dir: str | os.PathLike, flush_secs: int = 30, images_per_class: int = 4):
+        quiet_writer_thread_errors()
         self.log_dir = str(log_dir)
         self.images_per_class = images_per_class
+        self.writer = None
         self.writer = SummaryWriter(self.log_dir, flush_secs=flush_secs)
 
+    @_one_line_writes
     def scalars(self, values: Mapping[str, float], step: int) -> None:
         for tag, value in values.items():
             if value is not None and not (isinstance(value, float) and math.isnan(value)):
                 self.writer.add_scalar(tag, float(value), step)
 
+    @_one_line_writes
     def images(self, raw: torch.Tensor, target: torch.Tensor, prob: torch.Tensor, classes: Sequence[str], step: int) -> None:
         """One grid per class: rows raw / target / prediction for a few samples (middle z for 3D).
         Unknown target voxels are drawn at 0.5 grey. Raw is drawn at the labels' size when they
@@ -39,14 +82,17 @@ class TensorBoardLogger:
             grid = _grid(rows, columns=n)
             self.writer.add_image(f"samples/{cls}", grid, step, dataformats="CHW")
 
+    @_one_line_writes
     def hparams(self, params: Mapping[str, object], metrics: Mapping[str, float]) -> None:
         clean = {k: (v if isinstance(v, (int, float, str, bool)) else str(v)) for k, v in params.items()}
         final = {f"hparam/{k}": float(v) for k, v in metrics.items() if v is not None and math.isfinite(float(v))}
         self.writer.add_hparams(clean, final, run_name=".")
 
+    @_one_line_writes
     def flush(self) -> None:
         self.writer.flush()
 
+    @_one_line_writes
     def close(self) -> None:
         self.writer.close()
 

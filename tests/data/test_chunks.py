@@ -99,10 +99,16 @@ def test_a_corrupt_chunk_is_named(tmp_path):
 
 
 def test_arrays_it_cannot_read_exactly_go_through_zarr(tmp_path):
-    v3 = zarr.create_array(str(tmp_path / "v3"), shape=(8, 8), chunks=(4, 4), dtype=np.uint8, zarr_format=3)
+    sharded = zarr.create_array(str(tmp_path / "v3"), shape=(8, 8), chunks=(2, 2), shards=(4, 4), dtype=np.uint8,
+                                zarr_format=3)
+    checksummed = zarr.create_array(str(tmp_path / "crc"), shape=(8, 8), chunks=(4, 4), dtype=np.uint8, zarr_format=3,
+                                    compressors=[zarr.codecs.ZstdCodec(), zarr.codecs.Crc32cCodec()])
     fortran = zarr.create_array(str(tmp_path / "f"), shape=(8, 8), chunks=(4, 4), dtype=np.uint8, zarr_format=2, order="F")
-    assert reader_for(v3, tmp_path / "v3") is None
+    assert reader_for(sharded, tmp_path / "v3") is None
+    assert reader_for(checksummed, tmp_path / "crc") is None
     assert reader_for(fortran, tmp_path / "f") is None
+    plain_v3 = zarr.create_array(str(tmp_path / "p"), shape=(8, 8), chunks=(4, 4), dtype=np.uint16, zarr_format=3)
+    assert reader_for(plain_v3, tmp_path / "p") is not None  # bytes + zstd: read directly
 
 
 def test_cache_serves_repeated_reads_within_its_budget(tmp_path):

@@ -168,8 +168,8 @@ def test_a_run_at_8_nm_on_anisotropic_levels_uses_every_crop_and_class_and_learn
                    "epochs=4", "validation_prob=0.4", check=True)
     log = proc.stdout + proc.stderr
     assert "WARNING" not in log, log  # no crop left out, no class unannotated anywhere
-    assert re.search(r"(\d+) of \1 arrays have no level at the requested voxel size and are resampled from the nearest "
-                     r"finer one; 1 class arrays annotated only coarser than 8x8x8 nm are upsampled", log), log
+    assert re.search(r"(\d+) of \1 arrays have no level at the requested voxel size and are resampled from the level "
+                     r"chosen for them; 1 class arrays annotated only coarser than 8x8x8 nm are upsampled", log), log
     split = (tmp_path / "run" / "datasplit.csv").read_text().splitlines()
     assert len(split) == 5 and any(row.startswith('"validate"') for row in split)
     match = re.search(r"epoch 1 ([0-9.]+) -> final ([0-9.]+)", proc.stdout)

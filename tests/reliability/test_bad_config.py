@@ -16,6 +16,8 @@ CASES = {
     "unknown_key": (["nope=1"], "Could not override 'nope'"),
     "unknown_nested_key": (["trainer.fo=1"], "Could not override 'trainer.fo'"),
     "lr_not_a_number": (["lr=abc"], "lr='abc': must be a positive number"),
+    "lr_inf": (["lr=inf"], "lr=inf: must be a positive number"),  # like lr=nan: NaN weights after one step
+    "optimizer_lr_inf": (["optimizer.lr=inf"], "optimizer.lr=inf: must be a finite number"),
     "negative_batch": (["batch_size=-1"], "batch_size=-1: must be an integer >= 1"),
     "zero_epochs": (["epochs=0"], "epochs=0: must be an integer >= 1"),
     "missing_group_option": (["model=nope"], "Could not find 'model/nope' (available: 2d_resnet"),

@@ -22,7 +22,8 @@ def nan_loss_importable(monkeypatch):
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(run_inprocess, tmp_path, nan_loss_importable):
     code, stderr = run_inprocess(*NAN_AT_5)
     assert code == 1
-    assert "loss is nan at epoch 2, step 5" in error_line(stderr)
+    assert ("loss is nan at epoch 2, step 5: input and weights are finite, the model's output or the loss is not"
+            in error_line(stderr))
     checkpoints = tmp_path / "run" / "checkpoints"
     assert sorted(p.name for p in checkpoints.glob("*.pth")) == ["2d_unet_1.pth"]
     assert read_checkpoint(checkpoints / "2d_unet_1.pth")["step"] == 3
