@@ -4,6 +4,9 @@
     cellmap-train datasplit [options]      write a datasplit CSV from a folder or the S3 bucket
     cellmap-train translate config.py      print the Hydra overrides of a challenge config.py
     cellmap-train runs [folder]            list the runs under outputs/ (or the folder), best first
+    cellmap-train predict input=<run> ...  predict crops into a zarr store (Hydra overrides, conf/predict.yaml)
+    cellmap-train evaluate <store>         IoU and Dice of the predictions against ground truth
+    cellmap-train pack <store>             zip the store for submission, checked against the manifest
 """
 
 from __future__ import annotations
@@ -82,6 +85,18 @@ def run_training(argv: Sequence[str]) -> int:
     return 0
 
 
+def run_prediction_command(command: str, argv: Sequence[str]) -> int:
+    if command == "predict":  # the Hydra entry reads sys.argv
+        from cellmap_train.predict.entry import main as predict_main
+
+        sys.argv = [f"{sys.argv[0]} predict", *argv]
+        predict_main()
+        return 0
+    from cellmap_train.predict import evaluate, pack
+
+    return (evaluate if command == "evaluate" else pack).main(list(argv))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     command = argv[0] if argv else None
@@ -91,6 +106,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         from cellmap_train.runs import main as runs_main
 
         return runs_main(argv[1:])
+    if command in ("predict", "evaluate", "pack"):  # lazy: another subsystem
+        return run_prediction_command(command, argv[1:])
     if command == "translate":
         from cellmap_train.legacy.translate import main as translate_main  # lazy: another subsystem
 

@@ -1,0 +1,4 @@
+from cellmap_train.predict.entry import main
+
+if __name__ == "__main__":
+    main()
