@@ -41,7 +41,7 @@ def build_predictor(cfg: DictConfig, run):
     runner = TileRunner(model, device, 2 if spec.input_shape[0] == 1 else 3, bool(cfg.mirror), cfg.amp, prepare=prepare)
     options = PredictOptions(overlap=float(cfg.overlap), batch_size=int(cfg.batch_size or run.config.get("batch_size") or 8),
                              threshold=float(cfg.threshold), thresholds=dict(cfg.thresholds or {}),
-                             chunks=tuple(int(c) for c in cfg.chunks))
+                             chunks=tuple(int(c) for c in cfg.chunks), planes=int(cfg.get("planes", 1)))
     storage = cfg.storage_options if cfg.storage_options is not None else (run.config.get("data") or {}).get("storage_options")
     return Predictor(spec, runner, options, dict(storage or {}))
 
@@ -97,7 +97,8 @@ def predict(cfg: DictConfig) -> None:
     output = Path(to_absolute_path(str(cfg.output)))
     soft = output.with_name(f"{output.stem}_probabilities.zarr") if cfg.probabilities else None
     record = {"checkpoint": str(run.checkpoint.resolve()), "classes": run.classes, "threshold": float(cfg.threshold),
-              "thresholds": dict(cfg.thresholds or {}), "overlap": float(cfg.overlap), "mirror": bool(cfg.mirror)}
+              "thresholds": dict(cfg.thresholds or {}), "overlap": float(cfg.overlap), "mirror": bool(cfg.mirror),
+              "planes": int(cfg.get("planes", 1))}
     summary = predict_targets(targets, predictor, output, record, bool(cfg.overwrite), soft, bool(cfg.progress_bar))
     kept = summary.arrays - summary.written
     print(f"Predicted {summary.written} arrays ({summary.voxels / 1e6:.1f} M voxels, {summary.tiles} tiles) in "

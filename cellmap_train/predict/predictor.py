@@ -2,7 +2,8 @@
 size; the target's own grid when the voxel sizes agree), sliding-window inference on that grid
 slab by slab along z, each slab resampled onto the target's grid (linear; nothing to do on its
 own grid), thresholded per class and written. Memory: one slab of the model grid plus the tiles
-that reach into it, and the raw those tiles read."""
+that reach into it, and the raw those tiles read. A 2D model with `planes=3` runs over z-, y- and
+x-slices (planes.py), each blended on its own (a slab per view) and the probabilities averaged."""
 
 from __future__ import annotations
 
@@ -17,9 +18,10 @@ from cellmap_train.data.ngff import ScaleLevel, open_level
 from cellmap_train.data.resample import onto_grid, place, sample_linear
 from cellmap_train.engine.pause_hook import pause_point
 from cellmap_train.errors import DataError
+from cellmap_train.predict.planes import View, views
 from cellmap_train.predict.store import PredictionStore, write_slab
 from cellmap_train.predict.targets import Target
-from cellmap_train.predict.window import SlabBlender, TileGrid, gaussian_weight, run_tiles
+from cellmap_train.predict.window import SlabBlender, TileGrid, run_tiles
 
 
 @dataclass
@@ -45,6 +47,7 @@ class PredictOptions:
     threshold: float = 0.5
     thresholds: Mapping[str, float] = field(default_factory=dict)  # per class, over `threshold`
     chunks: tuple[int, int, int] = (64, 64, 64)  # of the output arrays; a slab is one chunk deep
+    planes: int = 1  # 3: a 2D model's z-, y- and x-slices, averaged
 
     def threshold_of(self, label: str) -> float:
         return float(self.thresholds.get(label, self.threshold))
@@ -116,10 +119,6 @@ def read_region(raw: ScaleLevel, plan: GridPlan, lo: np.ndarray, hi: np.ndarray)
     return onto_grid(values, where, None, shape, labels=False)
 
 
-def tile_count(plan: GridPlan, spec: ModelSpec, overlap: float) -> int:
-    return len(TileGrid(plan.shape, spec.output_shape, overlap).starts())
-
-
 class Predictor:
     """Predicts targets with `runner` (a window.TileRunner: raw tiles -> probabilities)."""
 
@@ -127,8 +126,11 @@ class Predictor:
                  storage_options: dict | None = None):
         self.spec, self.runner, self.options = spec, runner, options
         self.storage_options = storage_options or {}
-        self.weight = gaussian_weight(spec.output_shape)
+        self.views = views(self._timed_runner, spec.input_shape, spec.output_shape, int(options.planes))
         self.seconds_in_model = 0.0
+
+    def tile_count(self, plan: GridPlan) -> int:
+        return sum(len(TileGrid(plan.shape, view.output_shape, self.options.overlap).starts()) for view in self.views)
 
     def open_raw(self, target: Target) -> ScaleLevel:
         """The raw level tiles are read from (the coarsest nowhere coarser than the model's voxels)."""
@@ -168,23 +170,30 @@ class Predictor:
 
     def slabs(self, raw: ScaleLevel, plan: GridPlan, channels: Sequence[int], progress=None):
         """(a, b, probabilities [C, b - a, y, x]) of output planes [a, b), one chunk deep at a time."""
-        spec, depth = self.spec, int(self.options.chunks[0])
-        grid = TileGrid(plan.shape, spec.output_shape, self.options.overlap)
-        blender = SlabBlender(len(spec.classes), grid, self.weight)
+        depth, channels = int(self.options.chunks[0]), list(channels)
+        blenders = [(view, SlabBlender(len(self.spec.classes), TileGrid(plan.shape, view.output_shape, self.options.overlap),
+                                       view.weight)) for view in self.views]
         planes = plan.target.shape[0]
         for a in range(0, planes, depth):
             b = min(a + depth, planes)
             g0, g1 = plan.z_range(a, b)
-            tiles = blender.pending(g1)
-            if tiles:
-                self._run(raw, plan, blender, tiles, progress)
-            yield a, b, plan.to_output(blender.final(g0, g1)[list(channels)], a, b, g0)
+            values = None
+            for view, blender in blenders:
+                tiles = blender.pending(g1)
+                if tiles:
+                    self._run(raw, plan, view, blender, tiles, progress)
+                part = blender.final(g0, g1)[channels]
+                values = part if values is None else values + part
+            if len(blenders) > 1:
+                values /= len(blenders)
+            yield a, b, plan.to_output(values, a, b, g0)
             if b < planes:
-                blender.drop_below(plan.z_range(b, min(b + depth, planes))[0])
+                for _, blender in blenders:
+                    blender.drop_below(plan.z_range(b, min(b + depth, planes))[0])
 
-    def _run(self, raw: ScaleLevel, plan: GridPlan, blender: SlabBlender, tiles, progress) -> None:
+    def _run(self, raw: ScaleLevel, plan: GridPlan, view: View, blender: SlabBlender, tiles, progress) -> None:
         starts = np.asarray(tiles)
-        margin, size = self.spec.margin, np.asarray(self.spec.input_shape)
+        margin, size = view.margin, np.asarray(view.input_shape)
         lo, hi = starts.min(axis=0) - margin, starts.max(axis=0) - margin + size
         region = read_region(raw, plan, lo, hi)
 
@@ -192,4 +201,4 @@ class Predictor:
             first = np.asarray(start) - margin - lo
             return region[tuple(slice(int(f), int(f + n)) for f, n in zip(first, size))]
 
-        run_tiles(blender, tiles, cut, self._timed_runner, self.options.batch_size, progress)
+        run_tiles(blender, tiles, cut, view.runner, self.options.batch_size, progress)

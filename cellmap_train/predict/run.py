@@ -11,7 +11,7 @@ import numpy as np
 from tqdm import tqdm
 
 from cellmap_train.data.ngff import ScaleLevel
-from cellmap_train.predict.predictor import Predictor, check_inside_raw, model_grid, tile_count
+from cellmap_train.predict.predictor import Predictor, check_inside_raw, model_grid
 from cellmap_train.predict.store import PredictionStore
 from cellmap_train.predict.targets import Target
 
@@ -41,7 +41,7 @@ def predict_targets(targets: Sequence[Target], predictor: Predictor, output: str
         check_inside_raw(target, raws[target.raw_url])
         plans.append(model_grid(target, predictor.spec.scale, raws[target.raw_url]))
     todo = [i for i, t in enumerate(targets) if any(not store.has(t.crop, label) for label in t.labels)]
-    total = sum(tile_count(plans[i], predictor.spec, predictor.options.overlap) for i in todo)
+    total = sum(predictor.tile_count(plans[i]) for i in todo)
     written, voxels = 0, 0
     with tqdm(total=total, unit="tile", disable=not progress_bar, dynamic_ncols=True) as bar:
         for i in todo:
