@@ -11,6 +11,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
+from cellmap_train import sweep_split
 from cellmap_train.cores import usable_cores
 from cellmap_train.errors import ConfigError
 
@@ -72,6 +73,7 @@ def register_resolvers() -> None:
         OmegaConf.register_new_resolver("threads_per_job", threads_per_job)
     if not OmegaConf.has_resolver("if"):  # ${if:${use_s3},a,b}: pick by a boolean shorthand
         OmegaConf.register_new_resolver("if", lambda condition, then, otherwise: then if condition else otherwise)
+    sweep_split.register()  # ${sweep_datasplit:datasplit.csv}: one datasplit shared by a sweep's jobs
 
 
 register_resolvers()
@@ -84,6 +86,7 @@ _SHORTHANDS = {
     "epochs": _POSITIVE_INT,
     "iterations_per_epoch": _POSITIVE_INT,
     "seed": ((int,), lambda v: v >= 0, "an integer >= 0"),
+    "split_seed": ((int,), lambda v: v >= 0, "an integer >= 0"),
     "validation_prob": ((numbers.Real,), lambda v: 0 <= v <= 1, "a number in [0, 1]"),
     "validation_time_limit": ((numbers.Real, type(None)), lambda v: v is None or v > 0, "null or seconds > 0"),
     "validation_batch_limit": ((int, type(None)), lambda v: v is None or v >= 1, "null or an integer >= 1"),

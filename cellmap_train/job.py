@@ -20,9 +20,9 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from cellmap_train import sweep_stop
+from cellmap_train import sweep_split, sweep_stop
 from cellmap_train.config import run_path
-from cellmap_train.errors import TrainingInterrupted, UserError
+from cellmap_train.errors import ConfigError, TrainingInterrupted, UserError
 from cellmap_train.files import RunWriteError
 from cellmap_train.interrupt import StopRequest
 from cellmap_train.sweep import write_result
@@ -76,8 +76,9 @@ def run_and_record(cfg: DictConfig, hydra_cfg: DictConfig, train: Train) -> floa
         # a record that cannot be written either (the full disk that stopped the run): the line above says why
         with contextlib.suppress(RunWriteError):
             if writes_files:
-                write_result(output_dir, record(err.result if stopped else None, cfg, time.perf_counter() - start,
-                                                error=message, status="interrupted" if stopped else None))
+                write_result(output_dir, {**record(err.result if stopped else None, cfg, time.perf_counter() - start,
+                                                   error=message, status="interrupted" if stopped else None),
+                                          "config_error": is_config_error(err)})
         if multirun:
             stop_sweep_if_signalled(stop, hydra_cfg)
             return math.nan
@@ -88,6 +89,13 @@ def run_and_record(cfg: DictConfig, hydra_cfg: DictConfig, train: Train) -> floa
         write_result(output_dir, record(result, cfg, time.perf_counter() - start))
         report(result, cfg)
     return result.best_metric
+
+
+def is_config_error(err: BaseException) -> bool:
+    """A run stopped by its configuration (a bad override, a group that does not compose or
+    instantiate) before training: `cellmap-train runs` lists it only with --all."""
+    cause = err.__cause__ if isinstance(err, InstantiationException) else err
+    return isinstance(err, OmegaConfBaseException) or isinstance(cause, (ConfigError, OmegaConfBaseException))
 
 
 def stop_sweep_if_signalled(stop: StopRequest | None, hydra_cfg: DictConfig) -> None:
@@ -134,7 +142,19 @@ def record(result: FitResult | None, cfg: DictConfig, seconds: float, error: str
         "epochs_done": result.epochs_done if result else 0, "steps": result.steps if result else 0,
         "wall_time_s": round(seconds, 2), "checkpoint": result.checkpoint if result else None,
         "best_checkpoint": in_run_folder(result.best_checkpoint, cfg) if result else None,
+        **datasplit_used(cfg),
     }
+
+
+def datasplit_used(cfg: DictConfig) -> dict:
+    """Which datasplit the run read (relative to its folder when inside it) and a digest of its
+    rows, so runs and a sweep's jobs can be checked for one validation set; None when not written."""
+    try:
+        path = Path(run_path(cfg, cfg.datasplit_path))
+    except Exception:  # a config too broken to name it: the record's error says why
+        return {"datasplit": None, "datasplit_digest": None}
+    digest = sweep_split.digest(path)
+    return {"datasplit": in_run_folder(str(path), cfg) if digest else None, "datasplit_digest": digest}
 
 
 def classes_of(cfg: DictConfig) -> list[str] | None:

@@ -108,6 +108,37 @@ def seed_statistics(frame: "pd.DataFrame", swept_keys: list[str], metric: str = 
     return stats.rename(columns={"mean": f"{metric} mean", "std": f"{metric} std", "count": "seeds"})
 
 
+def _from_sweep(sweep_dir: Path, job: str, path: Any) -> Any:
+    """A job's datasplit (relative to the job's folder unless absolute) as a path from the sweep folder."""
+    if not isinstance(path, str):
+        return path
+    full = Path(path) if Path(path).is_absolute() else sweep_dir / str(job) / path
+    try:
+        return str(full.resolve().relative_to(sweep_dir.resolve()))
+    except ValueError:
+        return str(full)
+
+
+def split_line(frame: "pd.DataFrame") -> str | None:
+    """Which datasplit the jobs used: one shared (named), or several (a warning: their metrics
+    are scored on different validation sets)."""
+    if "datasplit_digest" not in frame or frame["datasplit_digest"].isna().all():
+        return None
+    used = frame.dropna(subset=["datasplit_digest"]).drop_duplicates("datasplit_digest")
+    if len(used) == 1:
+        row, paths = used.iloc[0], frame["datasplit"].dropna().unique()
+        count = int(frame["datasplit_digest"].notna().sum())
+        jobs = (f"all {count} jobs" if count == len(frame)
+                else f"{count} of {len(frame)} jobs (the others failed before reading one)")
+        if len(paths) == 1:
+            return f"Datasplit: {row['datasplit']} (sha256 {row['datasplit_digest']}), shared by {jobs}"
+        return (f"Datasplit: the same rows (sha256 {row['datasplit_digest']}) in the own files of {jobs} "
+                f"({paths[0]}, ...)")
+    names = ", ".join(f"{row['datasplit']} ({row['datasplit_digest']})" for _, row in used.head(4).iterrows())
+    return (f"Datasplits: the jobs used {len(used)} different ones ({names}{', ...' if len(used) > 4 else ''}): "
+            f"their metrics are scored on different validation sets")
+
+
 class SweepSummary(Callback):
     """Hydra callback: on_multirun_end writes summary.csv (and seed_stats.csv) and prints them;
     on_multirun_start clears a stopped sweep's marker and, when the jobs run in other processes,
@@ -141,11 +172,17 @@ class SweepSummary(Callback):
         if "best_metric" in frame:
             frame = frame.sort_values("best_metric", ascending=self.low_is_best, na_position="last")
         columns = ["job", *[k for k in swept if k in frame], "status", "error", "best_metric", "best_epoch",
-                   "final_metric", "epochs_done", "wall_time_s", "checkpoint", "best_checkpoint"]
+                   "final_metric", "epochs_done", "wall_time_s", "checkpoint", "best_checkpoint", "datasplit",
+                   "datasplit_digest"]
+        if "datasplit" in frame:  # the shared one is named from the sweep folder
+            frame["datasplit"] = [_from_sweep(sweep_dir, job, path) for job, path in zip(frame["job"], frame["datasplit"])]
         frame = frame[[c for c in columns if c in frame] + [c for c in frame.columns if c not in columns]]
         frame.to_csv(sweep_dir / SUMMARY_FILE, index=False)
-        shown = [c for c in columns if c in frame and not c.endswith("checkpoint")]
+        shown = [c for c in columns if c in frame and not c.endswith("checkpoint") and not c.startswith("datasplit")]
         print(f"\nSweep summary ({len(frame)} jobs) -> {sweep_dir / SUMMARY_FILE}")
+        split = split_line(frame)
+        if split:
+            print(split)
         print(frame[shown].fillna("-").to_string(index=False, float_format=lambda v: f"{v:.4g}"))
         stats = seed_statistics(frame, swept)
         if stats is not None:

@@ -8,7 +8,7 @@ import sys
 
 import yaml
 
-from cellmap_train.runs import main, ranked, run_rows, shown
+from cellmap_train.runs import main, ranked, run_rows, select, shown
 from cellmap_train.sweep import write_result
 
 CLI = [sys.executable, "-c", "import sys; from cellmap_train.cli import main; sys.exit(main())"]
@@ -39,7 +39,7 @@ def test_runs_are_ranked_within_their_metric_and_failures_come_last(tmp_path):
     assert table.run.tolist() == ["2026-12-01/11-00-00", "2026-12-01/10-00-00", "loss/b", "loss/a", "2026-12-02/09-00-00"]
     assert table.overrides.tolist()[:2] == ["experiment=demo lr=3e-4", "experiment=demo lr=1e-3"]
     assert table.error.tolist()[-1] == "lr='abc': not a number"
-    text, common = shown(table)
+    text, common, _ = shown(table)
     assert common == ["experiment=demo"]  # said once, not in every row
     assert text.splitlines()[1].split()[:3] == ["2026-12-01/11-00-00", "lr=3e-4", "ok"]
 
@@ -67,10 +67,11 @@ def test_the_command_prints_the_table_and_names_a_bad_folder(tmp_path, capsys):
     (tmp_path / "outputs" / "listed" / ".hydra").mkdir(parents=True)
     (tmp_path / "outputs" / "listed" / "result.json").write_text("[1, 2]")
     (tmp_path / "outputs" / "listed" / ".hydra" / "overrides.yaml").write_text("lr: 1")
-    assert main([str(tmp_path / "outputs")]) == 0
-    lines = capsys.readouterr().out.splitlines()
+    assert main([str(tmp_path / "outputs"), "--width", "200"]) == 0
+    heading, *lines = capsys.readouterr().out.splitlines()
+    assert heading == f"3 runs under {tmp_path / 'outputs'}, all with: classes nuc er; metric dice/mean; best_epoch 3; epochs_done 5"
     assert lines[0].split()[:3] == ["run", "overrides", "status"]
-    assert lines[1].split()[:5] == ["2026-12-01/10-00-00", "lr=1e-3", "seed=3", "ok", "dice/mean"]
+    assert lines[1].split()[:5] == ["2026-12-01/10-00-00", "lr=1e-3", "seed=3", "ok", "0.5"]
     assert lines[2].split()[:3] == ["broken", "-", "unreadable"]
     assert lines[3].split()[:3] == ["listed", "(unreadable", ".hydra/overrides.yaml)"] and lines[3].endswith(
         "result.json: holds a list, not a run record")
@@ -84,3 +85,76 @@ def test_cellmap_train_runs_defaults_to_outputs(tmp_path):
     (tmp_path / "outputs").mkdir()
     proc = subprocess.run([*CLI, "runs"], cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0 and proc.stdout.strip() == "No runs under outputs (a run writes result.json when it ends)."
+
+
+def twenty_runs(folder):
+    """A sweep of 16 jobs with long overrides, three single runs on other classes (one failing with
+    a long error) and one stopped by its config before training (listed only with --all)."""
+    sweep = folder / "multirun" / "2026-12-01" / "10-00-00-123456"
+    common = ["experiment=demo", "data.dataloader_kwargs.num_workers=0", "paths.data_dir=/groups/cellmap/"
+              "cellmap/data/fibsem/challenge_2026/local_copy_of_the_public_bucket", "trainer.max_grad_norm=1.0"]
+    for job in range(16):
+        lr, seed = ("1e-3", "3e-4", "1e-4", "3e-5")[job % 4], job // 4
+        a_run(sweep / str(job), [*common, f"lr={lr}", f"seed={seed}",
+                                 f"init_from=/groups/cellmap/home/someone/experiments/pretraining/run_{job}/best.pth"],
+              best=0.3 + job / 100)
+    for name, best in (("10-20-30-000001", 0.8), ("11-20-30-000002", 0.7)):
+        a_run(folder / "2026-12-02" / name, ["experiment=demo", "classes=[mito,er,nuc,golgi,ves,lyso,ld,perox]"],
+              best=best, classes=("mito", "er", "nuc", "golgi", "ves", "lyso", "ld", "perox"))
+    a_run(folder / "2026-12-02" / "12-00-00-000003", ["experiment=demo", "model=3d_unet"], status="failed",
+          error="data: jrc_hela-2/crop155: the chunk recon-1/em/fibsem-uint8/s0/12/40/33 could not be read: storage "
+                "unreachable after its retries (connection reset by peer), see data.storage_options")
+    a_run(folder / "2026-12-02" / "13-00-00-000004", ["lr=abc"], status="failed", error="lr='abc': must be a positive number")
+    record = yaml.safe_load((folder / "2026-12-02" / "13-00-00-000004" / "result.json").read_text())
+    write_result(folder / "2026-12-02" / "13-00-00-000004", {**record, "config_error": True})
+    return sweep
+
+
+def test_twenty_runs_fit_a_120_column_terminal(tmp_path, capsys):
+    twenty_runs(tmp_path)
+    assert main([str(tmp_path), "--width", "120"]) == 0
+    out = capsys.readouterr().out
+    lines = out.splitlines()
+    assert max(map(len, lines)) <= 120, "\n" + out
+    table = next(i for i, line in enumerate(lines) if line.startswith("run "))
+    rows = lines[table + 1:]
+    assert len(rows) == 19 and "000004" not in out  # the config error: only with --all
+    assert "1 stopped by their config before training: --all lists them" in " ".join(lines)
+    assert "experiment=demo" in lines[0] and "experiment=demo" not in "\n".join(rows)  # said once
+    assert rows[0].split()[0].endswith("20-30-000001")  # best first
+    assert rows[-1].split()[0].endswith("00-00-000003")  # failed last
+    assert [row.split()[0][-3:] for row in rows[2:5]] == ["/15", "/14", "/13"]  # run folders keep their ends
+    sweep_row = rows[2].split()
+    assert sweep_row[1].startswith("init_from=/") and "…" in sweep_row[1]  # long values shortened, keys kept
+    assert sweep_row[2] == "lr=3e-5"
+    error = rows[-1].split("  ")[-1].strip()
+    assert error.startswith("data: jrc_hela-2/cr") and error.endswith("…")  # an error keeps its start
+    assert main([str(tmp_path), "--width", "120", "--all"]) == 0
+    out = capsys.readouterr().out
+    assert "-000004  lr=abc" in out and max(map(len, out.splitlines())) <= 120
+    assert main([str(tmp_path), "--width", "80"]) == 0  # narrower still: columns of least use go first
+    assert max(map(len, capsys.readouterr().out.splitlines())) <= 80
+
+
+def test_filters_metric_choice_and_csv(tmp_path, capsys):
+    import io
+    import os
+
+    import pandas as pd
+
+    sweep = twenty_runs(tmp_path)
+    for job in range(16):  # job 15 ended last
+        os.utime(sweep / str(job) / "result.json", (1_800_000_000 + job, 1_800_000_000 + job))
+    assert main([str(tmp_path), "--status", "failed", "--width", "120"]) == 0
+    out = capsys.readouterr().out
+    assert "12-00-00" in out and "multirun" not in out and "13-00-00" not in out
+    assert main([str(sweep), "--last", "3", "--csv"]) == 0
+    frame = pd.read_csv(io.StringIO(capsys.readouterr().out))
+    assert frame.run.astype(str).tolist() == ["15", "14", "13"]  # best first among the three
+    assert frame.overrides[0].endswith("init_from=/groups/cellmap/home/someone/experiments/pretraining/run_15/best.pth")
+    assert main([str(sweep), "--metric", "time", "--width", "120"]) == 0
+    header = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("run ")).split()
+    assert header[:3] == ["run", "overrides", "status"] and "wall_time_s" in header
+    assert main([str(sweep), "--metric", "nonsense"]) == 2
+    assert "--metric nonsense: no run records it" in capsys.readouterr().err
+    assert main([str(tmp_path), "--last", "0"]) == 2

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 
 import pandas as pd
 import pytest
 
 from cellmap_train.cores import usable_cores
-from cellmap_train.runs import ranked, run_rows
+from cellmap_train.runs import ranked, run_rows, select
 
 FAST = ["experiment=demo", "trainer=smoke", "model.base_features=4", "model.depth=2", "batch_size=2",
         "data.dataloader_kwargs.num_workers=0"]
@@ -34,6 +36,25 @@ def test_seed_lr_sweep_writes_summary_and_keeps_going_after_a_failure(run_cli, t
     listed = ranked(run_rows(tmp_path / "sweep"))  # `cellmap-train runs sweep`: the same jobs, from their folders
     assert listed.run.tolist()[:2] == [str(job) for job in ok.job] and listed.status.tolist()[2:] == ["failed"] * 2
     assert listed.overrides[0].endswith(f"seed={ok.seed.iloc[0]} lr=0.001")  # as Hydra records the swept value
+    assert select(run_rows(tmp_path / "sweep"))[1] == 2  # lr='abc' stopped them before training: listed with --all
+
+
+def test_a_seed_sweep_shares_one_datasplit_and_the_summary_names_it(run_cli, tmp_path):
+    """seed=1,2 varies the initialisation, never the validation set: the split is drawn with
+    split_seed, written once in the sweep folder, and every job reads that file."""
+    proc = run_cli("-m", *FAST, "seed=1,2", "hydra.sweep.dir=sweep", check=True)
+    sweep = tmp_path / "sweep"
+    shared = sorted(sweep.glob("datasplit*.csv"))
+    assert len(shared) == 1 and shared[0].read_text().count("\n") >= 2
+    assert not list(sweep.glob("*/datasplit*.csv"))  # no job drew its own
+    digest = hashlib.sha256(shared[0].read_bytes()).hexdigest()[:12]
+    records = [json.loads((sweep / job / "result.json").read_text()) for job in ("0", "1")]
+    assert [r["datasplit_digest"] for r in records] == [digest, digest]
+    assert [r["datasplit"] for r in records] == [str(shared[0].resolve())] * 2
+    table = summary(tmp_path)
+    assert table.datasplit.tolist() == [shared[0].name] * 2 and table.datasplit_digest.tolist() == [digest] * 2
+    assert f"Datasplit: {shared[0].name} (sha256 {digest}), shared by all 2 jobs" in proc.stdout
+    assert "split_seed: 42" in (sweep / "0" / ".hydra" / "config.yaml").read_text()
 
 
 def saved_trainer_config(checkpoint) -> dict:
@@ -62,6 +83,7 @@ def test_joblib_launcher_runs_jobs_in_parallel_processes(run_cli, tmp_path):
     run_cli("-m", "hydra/launcher=parallel", *with_workers, "seed=1,2", "hydra.sweep.dir=sweep", check=True)
     table = summary(tmp_path)
     assert (table.status == "ok").all() and len(table) == 2
+    assert table.datasplit_digest.nunique() == 1 and len(list((tmp_path / "sweep").glob("datasplit*.csv"))) == 1
     cores = usable_cores()
     assert saved_trainer_config(table.checkpoint[0])["num_threads"] == max(1, cores // min(2, cores))  # 2 jobs share the cores
 

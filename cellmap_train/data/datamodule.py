@@ -254,10 +254,12 @@ class CellMapData:
                  dataloader_kwargs: Mapping | None = None, make_demo: bool = False, train_on_validation: bool = False,
                  train_transforms: SampleTransforms | None = None, val_transforms: SampleTransforms | None = None,
                  rare_class_weight: float = 0.0, filter_by_scale: bool = False, chunk_cache_mb: float = 256,
-                 open_threads: int = 16, mutual_exclusion: bool = False, allow_split_overlap: bool = False):
+                 open_threads: int = 16, mutual_exclusion: bool = False, allow_split_overlap: bool = False,
+                 split_seed: int | None = None):
         self.classes = list(classes)
         self.batch_size = int(batch_size)
-        self.seed = int(seed)
+        self.seed = int(seed)  # the training draws
+        self.split_seed = self.seed if split_seed is None else int(split_seed)  # the datasplit, when one is written
         self.input_info = ArrayInfo.parse(input_array_info, "input_array_info")
         self.target_info = ArrayInfo.parse(target_array_info or input_array_info, "target_array_info")
         self.storage_options = dict(storage_options or {})
@@ -277,7 +279,7 @@ class CellMapData:
             entries = read_datasplit(self.datasplit_path, allow_overlap=allow_split_overlap)
         else:
             entries = make_datasplit_csv(self.classes, force_all_classes, validation_prob, base_path=self.search_path,
-                                         csv_path=self.datasplit_path, storage_options=self.storage_options, seed=self.seed,
+                                         csv_path=self.datasplit_path, storage_options=self.storage_options, seed=self.split_seed,
                                          scale=scale_filter(filter_by_scale, self.target_info.scale), threads=open_threads)
         # one cache per process shared by every crop (a worker gets its own, empty, of the same size)
         cache = ChunkCache(chunk_cache_mb)
