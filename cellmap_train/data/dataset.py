@@ -89,12 +89,13 @@ class Crop:
         self._raw: ScaleLevel | None = None
         self._labels: dict[str, ScaleLevel | None] | None = None
         self._groups: list[tuple[list[int], list[ScaleLevel]]] = []  # classes read on one grid, with their levels
+        self._snap_level: ScaleLevel | None = None
         self._pid: int | None = None
         self._volumes: tuple[np.ndarray, np.ndarray] | None = None  # class_volumes(), once read
 
     def __getstate__(self):
         state = {**self.__dict__, "_pid": None}
-        return state if self._portable() else {**state, "_raw": None, "_labels": None, "_groups": []}
+        return state if self._portable() else {**state, "_raw": None, "_labels": None, "_groups": [], "_snap_level": None}
 
     def _portable(self) -> bool:
         """Whether the opened levels can be read as they are in another process."""
@@ -108,6 +109,9 @@ class Crop:
             self._labels = {cls: open_level(self.entry.label_url(cls), self.target_info.scale, self.storage_options,
                                             self.cache) if cls in self.entry.classes else None for cls in self.classes}
             self._groups = level_groups(self._labels)
+            # a label level at the target's voxel size: samples snap to its grid (read as is)
+            self._snap_level = next((level for level in self._labels.values() if level is not None
+                                     and np.allclose(level.scale, self.target_info.scale)), None)
             self._raw = raw
             # the levels themselves, not `known`: that opens again a crop read through zarr (pid not yet set)
             check_inside(raw, [level for level in self._labels.values() if level is not None], self.entry)
@@ -159,7 +163,7 @@ class Crop:
         targets are exact voxels, read without interpolation."""
         tinfo, iinfo = self.target_info, self.input_info
         mid = np.asarray(centre, dtype=float)
-        exact = next((level for level in self.known if np.allclose(level.scale, tinfo.scale)), None)
+        exact = self._snap_level
         if exact is not None:
             grid = np.asarray(exact.translation) - np.asarray(exact.scale) / 2
             mid = grid + np.round((mid - tinfo.extent / 2 - grid) / tinfo.scale) * tinfo.scale + tinfo.extent / 2
@@ -195,7 +199,9 @@ class Crop:
         labels = np.full((len(self.classes), *label_shape), np.nan, dtype=np.float32)
         for (indices, levels), where in zip(self._groups, boxes.labels):
             low = levels[0].box_low(where.start)
-            read = np.stack([level.read_labels(low, where.shape, fetched) for level in levels])
+            read = np.empty((len(levels), *where.shape), dtype=np.float32)  # each class read into its slot
+            for level, slot in zip(levels, read):
+                level.read_labels(low, where.shape, fetched, out=slot)
             labels[indices] = onto_grid(read, where, draw, label_shape, True, grids)
         if self.exclusive:
             infer_negatives(labels, self.exclusive, [level is not None for level in self._labels.values()])

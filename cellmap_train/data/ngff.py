@@ -188,9 +188,10 @@ class ScaleLevel:
         return self._read_box(world_low, shape, fill, dtype, lambda values: values, fetched)
 
     def read_labels(self, world_low: Sequence[float], shape: Sequence[int],
-                    fetched: Mapping[str, Any] | None = None) -> np.ndarray:
-        """float32 class values (0/1, NaN = unknown or outside the crop)."""
-        return self._read_box(world_low, shape, np.nan, np.float32, self.encoding.decode, fetched)
+                    fetched: Mapping[str, Any] | None = None, out: np.ndarray | None = None) -> np.ndarray:
+        """float32 class values (0/1, NaN = unknown or outside the crop), written into `out` when
+        given (a slot of the caller's stack of classes: no copy into it afterwards)."""
+        return self._read_box(world_low, shape, np.nan, np.float32, self.encoding.decode, fetched, out)
 
     def _box(self, world_low, shape) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """First voxel of the box, and the low and high corners of its part inside the array."""
@@ -206,10 +207,14 @@ class ScaleLevel:
             return None, []
         return self.reader.fs, self.reader.missing(tuple(slice(int(a), int(b)) for a, b in zip(src_lo, src_hi)))
 
-    def _read_box(self, world_low, shape, fill, dtype, convert, fetched=None) -> np.ndarray:
-        """`convert(voxels)` of the part of the box inside the array, padded with `fill`."""
+    def _read_box(self, world_low, shape, fill, dtype, convert, fetched=None, out=None) -> np.ndarray:
+        """`convert(voxels)` of the part of the box inside the array, padded with `fill` (into
+        `out` when given)."""
         start, src_lo, src_hi = self._box(world_low, shape)
         if np.any(src_hi <= src_lo):
+            if out is not None:
+                out.fill(fill)
+                return out
             return np.full(tuple(shape), fill, dtype=dtype)
         src = tuple(slice(int(a), int(b)) for a, b in zip(src_lo, src_hi))
         try:
@@ -220,10 +225,14 @@ class ScaleLevel:
             if _unreachable(err):  # the store, not the chunk, is at fault: no chunk-by-chunk probing
                 raise DataError(f"{self._chunk_names(src)}: {unreachable_message(err)}") from err
             raise DataError(self._describe_read_error(src, err)) from err
+        inside = values.shape == tuple(shape)
         # all inside and a fresh array (not a view of someone's data): no padding copy
-        if values.shape == tuple(shape) and values.dtype == dtype and values.base is None:
+        if out is None and inside and values.dtype == dtype and values.base is None:
             return values
-        out = np.full(tuple(shape), fill, dtype=dtype)
+        if out is None:
+            out = np.full(tuple(shape), fill, dtype=dtype)
+        elif not inside:
+            out.fill(fill)
         out[tuple(slice(int(a - s), int(b - s)) for a, b, s in zip(src_lo, src_hi, start))] = values
         return out
 

@@ -115,15 +115,19 @@ def sample_linear(values: np.ndarray, matrix: np.ndarray, centre_in: np.ndarray,
     """float32 values [C, *in] -> [C, *out_shape] by linear interpolation at
     centre_in + matrix @ (k - c_out), zeros from outside. Axes the map leaves unmixed are
     interpolated one at a time (separable: the same numbers as trilinear), the turned ones by
-    grid_sample, batched over an unmixed axis when there is one."""
+    grid_sample, batched over an unmixed axis when there is one: before that axis is
+    interpolated, or after it where that is less work (`_turn_first`)."""
     centre_in = np.asarray(centre_in, float).copy()
     centre_out = (np.asarray(out_shape) - 1) / 2
     separable = separable_axes(matrix)
-    for i in separable:
-        coords = centre_in[i] + matrix[i, i] * (np.arange(out_shape[i]) - centre_out[i])
-        values = _linear_1d(values, i + 1, coords)
-        centre_in[i] = centre_out[i]
     turned = [i for i in range(3) if i not in separable]
+    # the one unmixed axis of a turn in a plane, interpolated after the turn where that is less work
+    later = (separable[0] if len(turned) == 2 and _turn_first(values.shape[1:], out_shape, turned, separable[0])
+             else None)
+    for i in separable:
+        if i != later:
+            values = _linear_1d(values, i + 1, _axis_coords(centre_in, matrix, centre_out, out_shape, i))
+            centre_in[i] = centre_out[i]
     if not turned:
         return values
     in_shape = values.shape[1:]
@@ -132,13 +136,38 @@ def sample_linear(values: np.ndarray, matrix: np.ndarray, centre_in: np.ndarray,
         grid = sampling_grid(out_shape, in_shape, matrix, shift, grids)
         return F.grid_sample(torch.from_numpy(np.ascontiguousarray(values))[None], grid, mode="bilinear",
                              padding_mode="zeros", align_corners=False)[0].numpy()
-    axis = separable[0]  # planes stacked along it, already at their output size
+    axis = separable[0]  # planes stacked along it
     batch = np.ascontiguousarray(np.moveaxis(values, axis + 1, 0))  # [N, C, *plane]
     plane = np.ix_(turned, turned)
     grid = sampling_grid([out_shape[i] for i in turned], [in_shape[i] for i in turned], matrix[plane], shift[turned], grids)
     out = F.grid_sample(torch.from_numpy(batch), grid.expand(batch.shape[0], *grid.shape[1:]), mode="bilinear",
                         padding_mode="zeros", align_corners=False).numpy()
-    return np.moveaxis(out, 0, axis + 1)
+    out = np.moveaxis(out, 0, axis + 1)
+    if later is None:
+        return out
+    return _linear_1d(out, axis + 1, _axis_coords(centre_in, matrix, centre_out, out_shape, axis))
+
+
+def _axis_coords(centre_in: np.ndarray, matrix: np.ndarray, centre_out: np.ndarray, out_shape: Sequence[int],
+                 i: int) -> np.ndarray:
+    """Input coordinates along unmixed axis i of the output voxels along it."""
+    return centre_in[i] + matrix[i, i] * (np.arange(out_shape[i]) - centre_out[i])
+
+
+def _turn_first(in_shape: Sequence[int], out_shape: Sequence[int], turned: Sequence[int], axis: int) -> bool:
+    """Whether turning the planes before interpolating along the unmixed `axis` is less work: it
+    turns every input plane (not only the output's) but interpolates along the axis at the output
+    plane size (not the input's). A resampled 128^3 sample read at [5.24, 4, 4] for 8 nm turns
+    ~195 planes of 256^2 into 128^2, then interpolates 128 of those, rather than interpolating 128
+    planes of 256^2 first (33 against 45 ms, one thread). A 2D sample (two planes in, one out)
+    keeps the axis first: batched grid_sample has its own overhead there. Cost of an output voxel:
+    a grid_sample's taken as 4 times a 1D step's (about 3 measured on CPU torch 2.13)."""
+    plane_in = float(np.prod([in_shape[i] for i in turned]))
+    plane_out = float(np.prod([out_shape[i] for i in turned]))
+    n_in, n_out = in_shape[axis], out_shape[axis]
+    axis_first = n_out * plane_in + 4 * n_out * plane_out
+    turn_first = 4 * n_in * plane_out + n_out * plane_out
+    return turn_first < axis_first
 
 
 def _linear_1d(values: np.ndarray, axis: int, coords: np.ndarray) -> np.ndarray:
@@ -159,7 +188,8 @@ def _linear_1d(values: np.ndarray, axis: int, coords: np.ndarray) -> np.ndarray:
     for index, w in ((low, 1 - weight), (low + 1, weight)):
         inside = (index >= 0) & (index < n)
         w = np.where(inside, w, 0).astype(np.float32).reshape(shape)
-        part = np.take(values, np.clip(index, 0, n - 1), axis=axis) * w
+        part = np.take(values, np.clip(index, 0, n - 1), axis=axis)
+        part *= w  # in place: a second full-size buffer costs its page faults
         out = part if out is None else np.add(out, part, out=out)
     return out
 
