@@ -15,7 +15,7 @@ from hydra.utils import get_object
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from cellmap_train.config import jobs_side_by_side
-from cellmap_train.data.dataset import ArrayInfo
+from cellmap_train.data.array_info import ArrayInfo
 from cellmap_train.engine.checkpoint import epoch_files
 from cellmap_train.errors import ConfigError, UserError
 

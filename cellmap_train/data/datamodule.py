@@ -25,8 +25,9 @@ from torch.utils.data import DataLoader
 
 from cellmap_train.data.chunks import ChunkCache
 from cellmap_train.data.class_relations import exclusive_partners
-from cellmap_train.data.dataset import (ArrayInfo, CountingSampler, Crop, RandomCropDataset, ShardedBatches,
-                                         ValidationTileDataset, positive_weights)
+from cellmap_train.data.array_info import ArrayInfo
+from cellmap_train.data.dataset import (CountingSampler, Crop, RandomCropDataset, ShardedBatches, ValidationTileDataset,
+                                         positive_weights)
 from cellmap_train.data.datasplit import label_names_on_disk, make_datasplit_csv, read_datasplit
 from cellmap_train.data.demo import ensure_demo_data
 from cellmap_train.data.ngff import map_concurrently

@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from cellmap_train.data.dataset import ArrayInfo
+from cellmap_train.data.array_info import ArrayInfo
 from cellmap_train.engine.checkpoint import is_full, read_checkpoint
 from cellmap_train.errors import CheckpointError, ConfigError
 from cellmap_train.predict.predictor import ModelSpec
