@@ -19,6 +19,7 @@ import zarr
 
 from cellmap_train.data.bad_json import not_json_message
 from cellmap_train.data.chunks import ChunkCache, ChunkReadError, chunk_coords, chunk_reader
+from cellmap_train.data.label_encoding import LabelEncoding
 from cellmap_train.errors import DataError
 
 T, R = TypeVar("T"), TypeVar("R")
@@ -66,54 +67,6 @@ def open_group(path: str, storage_options: dict | None = None) -> zarr.Group:
         if isinstance(err, json.JSONDecodeError):
             raise DataError(not_json_message(path, err, storage_options)) from err
         raise
-
-
-@dataclass(frozen=True)
-class LabelEncoding:
-    """How a label array's values read as classes: the `cellmap.annotation.annotation_type`
-    attributes (cellmap-schemas), `encoding` mapping absent / present / unknown to the values
-    that stand for them (the challenge's data: absent 0, present 1, unknown 255).
-
-    Semantic arrays: the absent value reads 0, the present value 1, unknown NaN; other values
-    as stored. Instance arrays hold object ids, the values the encoding does not name: every id
-    reads 1, absent 0, and unknown NaN where the encoding names one. That makes an id equal to
-    the unknown code unknown: cellmap-schemas reserves the codes the encoding names (an
-    object's id is a value it does not name), and masking such an object out of the loss
-    costs some signal where reading unknown voxels as foreground would teach a wrong label.
-    Arrays without the attributes read as stored (0 absent, above 0 present).
-    """
-
-    unknown: float | None = None
-    instance: bool = False
-    absent: float = 0.0
-    present: float | None = None
-
-    @classmethod
-    def from_attrs(cls, *attr_sets: dict) -> "LabelEncoding":
-        for attrs in attr_sets:
-            annotation = (attrs.get("cellmap") or {}).get("annotation")
-            if not isinstance(annotation, dict):
-                continue
-            kind = annotation.get("annotation_type") or {}
-            codes = kind.get("encoding") or {}
-            absent, present, unknown = (codes.get(name) for name in ("absent", "present", "unknown"))
-            return cls(None if unknown is None else float(unknown), kind.get("type") == "instance_segmentation",
-                       0.0 if absent is None else float(absent), None if present is None else float(present))
-        return cls()
-
-    def decode(self, values: np.ndarray) -> np.ndarray:
-        """float32 labels: 0 / 1 (or the stored value) / NaN for unknown."""
-        out = values.astype(np.float32)
-        if self.instance:
-            out = np.where(np.isnan(out), np.nan, (out != self.absent).astype(np.float32))
-        else:
-            if self.absent != 0:
-                out[values == self.absent] = 0
-            if self.present is not None and self.present != 1:
-                out[values == self.present] = 1
-        if self.unknown is not None:
-            out[values == self.unknown] = np.nan
-        return out
 
 
 def _unreachable(err: BaseException) -> bool:

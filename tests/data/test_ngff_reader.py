@@ -117,6 +117,6 @@ def test_semantic_unknown_code_and_instance_ids(tmp_path, ngff_writer):
     read = {p.name: open_level(str(p), [8] * 3).read_labels([0, 0, 0], (1, 1, 4))[0, 0] for p in (semantic, instance, plain)}
     np.testing.assert_array_equal(read["sem"], [0, 1, np.nan, 7])
     # the unknown code an instance array's encoding names is unknown, not an id: cellmap-schemas
-    # reserves the codes its encoding names (ngff.LabelEncoding; test_real_formats.py has the rest)
+    # reserves the codes its encoding names (data/label_encoding.py; test_real_formats.py has the rest)
     np.testing.assert_array_equal(read["inst"], [0, 1, np.nan, 1])
     np.testing.assert_array_equal(read["plain"], [0, 1, 255, 7])

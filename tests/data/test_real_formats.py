@@ -199,7 +199,7 @@ def test_label_groups_that_are_not_classes_are_never_taken_for_one(tmp_path, cap
 
 def test_instance_ids_and_unknown_codes_read_as_their_attrs_say(tmp_path):
     """Instance arrays: every id is the object (1), 0 absent, and the unknown code their encoding
-    names is unknown (an id equal to it too: ngff.LabelEncoding says why). Semantic arrays: the
+    names is unknown (an id equal to it too: data/label_encoding.py says why). Semantic arrays: the
     codes their encoding names, wherever the attributes sit (s0 or the group)."""
     raw, _ = volumes()
     rng = np.random.default_rng(3)

@@ -15,6 +15,21 @@ TINY = ["experiment=demo", "iterations_per_epoch=3", "batch_size=4", "validation
         "trainer.deterministic=true", "model.base_features=4", "trainer.log_every_n_steps=1"]
 
 
+RUN = [*TINY, "epochs=1", "data.dataloader_kwargs.num_workers=0", "hydra.run.dir=run"]  # a short run in ./run
+
+
+def fails_with(run_inprocess, tmp_path: Path, *args: str) -> str:
+    """A short in-process run in tmp_path/run that must exit 1 leaving the folder as it was: its
+    one error line."""
+    run = tmp_path / "run"
+    run.mkdir(exist_ok=True)
+    before = snapshot(run)
+    code, output = run_inprocess(*RUN, *args)
+    assert code == 1, output[-3000:]
+    assert_untouched(before, run)
+    return error_line(output)
+
+
 def error_line(stderr: str) -> str:
     """The one `cellmap_train: error:` line; fails if there is a traceback or more than one."""
     assert "Traceback" not in stderr, stderr[-3000:]

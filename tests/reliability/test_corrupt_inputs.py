@@ -9,20 +9,7 @@ import numpy as np
 import pytest
 import zarr
 
-from faults import TINY, assert_untouched, error_line, snapshot
-
-RUN = [*TINY, "epochs=1", "data.dataloader_kwargs.num_workers=0", "hydra.run.dir=run"]
-
-
-def fails_with(run_inprocess, tmp_path, *args) -> str:
-    run = tmp_path / "run"
-    run.mkdir(exist_ok=True)
-    before = snapshot(run)
-    code, output = run_inprocess(*RUN, *args)
-    assert code == 1, output[-3000:]
-    assert_untouched(before, run)
-    return error_line(output)
-
+from faults import fails_with
 
 @pytest.mark.parametrize("content,says", [
     (b"not a checkpoint at all", "not a PyTorch checkpoint (torch.save writes a zip archive or a pickle; this file starts with b'not '"),

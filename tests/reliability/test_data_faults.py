@@ -15,20 +15,7 @@ import zarr
 from cellmap_train.data.datasplit import make_datasplit_csv, read_datasplit
 from cellmap_train.data.raw_values import raw_value_problem
 from cellmap_train.engine.nonfinite import all_finite, first_nonfinite
-from faults import TINY, assert_untouched, error_line, snapshot
-
-RUN = [*TINY, "epochs=1", "data.dataloader_kwargs.num_workers=0", "hydra.run.dir=run"]
-
-
-def fails_with(run_inprocess, tmp_path, *args) -> str:
-    run = tmp_path / "run"
-    run.mkdir(exist_ok=True)
-    before = snapshot(run)
-    code, output = run_inprocess(*RUN, *args)
-    assert code == 1, output[-3000:]
-    assert_untouched(before, run)
-    return error_line(output)
-
+from faults import RUN, error_line, fails_with
 
 def demo_split(demo_root, csv_path) -> list[str]:
     """A real datasplit of the demo data; returns its lines."""
@@ -61,7 +48,7 @@ def test_duplicate_rows_are_dropped_with_one_warning(tmp_path, demo_root, caplog
     warnings = [r.getMessage() for r in caplog.records if "duplicate" in r.getMessage()]
     assert len(warnings) == 1, warnings
     n = len(lines)
-    assert f"3 duplicate rows dropped" in warnings[0] and f"line {n + 1} (as 1), {n + 2} (as 1), {n + 3} (as 2)" in warnings[0]
+    assert "3 duplicate rows dropped" in warnings[0] and f"line {n + 1} (as 1), {n + 2} (as 1), {n + 3} (as 2)" in warnings[0]
 
 
 @pytest.mark.parametrize("dtype, values, says", [
