@@ -25,7 +25,7 @@ from cellmap_train.config import run_path
 from cellmap_train.errors import ConfigError, TrainingInterrupted, UserError
 from cellmap_train.files import RunWriteError
 from cellmap_train.interrupt import StopRequest
-from cellmap_train.sweep import write_result
+from cellmap_train.run.record import RunRecord, relative_to_run
 from cellmap_train.torchrun import is_rank_zero
 
 if TYPE_CHECKING:  # torch loads when a run starts (see train.py)
@@ -57,7 +57,7 @@ def run_and_record(cfg: DictConfig, hydra_cfg: DictConfig, train: Train) -> floa
         message = f"not run: {stopped_by} stopped the sweep"
         print(f"cellmap_train: {message}", file=sys.stderr)
         if writes_files:
-            write_result(output_dir, record(None, cfg, 0.0, error=message, status="skipped"))
+            record(None, cfg, 0.0, error=message, status="skipped").write(output_dir)
         return math.nan
     stop = None
     try:
@@ -71,14 +71,16 @@ def run_and_record(cfg: DictConfig, hydra_cfg: DictConfig, train: Train) -> floa
         if os.environ.get("HYDRA_FULL_ERROR") == "1" or not (expected or multirun):
             raise
         message = one_line(err) if expected else f"{type(err).__name__}: {err}".splitlines()[0]
-        print(f"cellmap_train: error: {message}", file=sys.stderr)
         stopped = isinstance(err, TrainingInterrupted)  # its record keeps the metrics of the epochs it finished
+        # a signal the user (or Slurm) sent is a stop asked for, not an error: said as such
+        print(f"cellmap_train: {message}" if stopped else f"cellmap_train: error: {message}", file=sys.stderr)
         # a record that cannot be written either (the full disk that stopped the run): the line above says why
         with contextlib.suppress(RunWriteError):
             if writes_files:
-                write_result(output_dir, {**record(err.result if stopped else None, cfg, time.perf_counter() - start,
-                                                   error=message, status="interrupted" if stopped else None),
-                                          "config_error": is_config_error(err)})
+                ended = record(err.result if stopped else None, cfg, time.perf_counter() - start, error=message,
+                               status="interrupted" if stopped else None)
+                ended.config_error = is_config_error(err)
+                ended.write(output_dir)
         if multirun:
             stop_sweep_if_signalled(stop, hydra_cfg)
             return math.nan
@@ -86,7 +88,7 @@ def run_and_record(cfg: DictConfig, hydra_cfg: DictConfig, train: Train) -> floa
     if multirun:
         stop_sweep_if_signalled(stop, hydra_cfg)  # the signal came after the last step: the job is done
     if writes_files:
-        write_result(output_dir, record(result, cfg, time.perf_counter() - start))
+        record(result, cfg, time.perf_counter() - start).write(output_dir)
         report(result, cfg)
     return result.best_metric
 
@@ -126,24 +128,25 @@ def one_line(err: BaseException) -> str:
 
 
 def record(result: FitResult | None, cfg: DictConfig, seconds: float, error: str | None = None,
-           status: str | None = None) -> dict:
+           status: str | None = None) -> RunRecord:
     """What result.json (and a sweep's summary.csv) says about this run: status ok, failed,
-    interrupted (a signal stopped it after a checkpoint) or skipped (a signal stopped the sweep)."""
+    interrupted (a signal stopped it after a checkpoint) or skipped (a signal stopped the sweep).
+    `seconds`: this process's share; a resumed run adds the time of the processes before it."""
     final = result.final_metrics if result else {}
     best_metric_name = OmegaConf.select(cfg, "trainer.best_metric")  # None when the config lacks a trainer
-    return {
-        "status": status or ("failed" if error else "ok"), "error": error,
-        "best_metric_name": best_metric_name, "low_is_best": OmegaConf.select(cfg, "trainer.low_is_best"),
-        # a mean Dice over [nuc, er] and one over [mito] are not the same score: listings group by it
-        "classes": classes_of(cfg),
-        "best_metric": result.best_metric if result else None,
-        "best_epoch": result.best_epoch if result else None,
-        "final_metric": final.get(best_metric_name), "final_loss_val": final.get("loss/val"),
-        "epochs_done": result.epochs_done if result else 0, "steps": result.steps if result else 0,
-        "wall_time_s": round(seconds, 2), "checkpoint": result.checkpoint if result else None,
-        "best_checkpoint": in_run_folder(result.best_checkpoint, cfg) if result else None,
+    earlier = getattr(result, "earlier_wall_time_s", 0.0) if result else 0.0
+    return RunRecord(
+        status=status or ("failed" if error else "ok"), error=error,
+        best_metric_name=best_metric_name, low_is_best=OmegaConf.select(cfg, "trainer.low_is_best"),
+        classes=classes_of(cfg),
+        best_metric=result.best_metric if result else None, best_epoch=result.best_epoch if result else None,
+        final_metric=final.get(best_metric_name), final_loss_val=final.get("loss/val"),
+        epochs_done=result.epochs_done if result else 0, steps=result.steps if result else 0,
+        wall_time_s=round(seconds + earlier, 2),
+        checkpoint=in_run_folder(result.checkpoint, cfg) if result else None,
+        best_checkpoint=in_run_folder(result.best_checkpoint, cfg) if result else None,
         **datasplit_used(cfg),
-    }
+    )
 
 
 def datasplit_used(cfg: DictConfig) -> dict:
@@ -165,9 +168,4 @@ def classes_of(cfg: DictConfig) -> list[str] | None:
 def in_run_folder(path: str | None, cfg: DictConfig) -> str | None:
     """A path inside the run folder as relative to it, so the record still holds when the folder moves."""
     output_dir = OmegaConf.select(cfg, "paths.output_dir")
-    if path is None or output_dir is None:
-        return path
-    try:
-        return str(Path(path).resolve().relative_to(Path(output_dir).resolve()))
-    except ValueError:  # model_save_path outside the run folder
-        return path
+    return relative_to_run(path, output_dir) if output_dir is not None else path

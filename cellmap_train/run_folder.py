@@ -10,7 +10,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from cellmap_train.errors import CheckpointError
-from cellmap_train.sweep import RESULT_FILE, SUMMARY_FILE, read_result
+from cellmap_train.run.record import RESULT_FILE, has_record, read_record
+from cellmap_train.sweep import SUMMARY_FILE
 
 
 def checkpoint_of(path: str | Path) -> tuple[Path, str | None]:
@@ -18,7 +19,7 @@ def checkpoint_of(path: str | Path) -> tuple[Path, str | None]:
     path = Path(path)
     if not path.is_dir():
         return path, None
-    if (path / RESULT_FILE).is_file():
+    if has_record(path):
         return best_of_run(path)
     if (path / SUMMARY_FILE).is_file():
         return best_of_sweep(path)
@@ -30,21 +31,21 @@ def checkpoint_of(path: str | Path) -> tuple[Path, str | None]:
 
 def best_of_run(run_dir: Path) -> tuple[Path, str]:
     try:
-        record = read_result(run_dir)
+        record = read_record(run_dir)
     except (OSError, ValueError) as err:
         raise CheckpointError(f"{run_dir / RESULT_FILE}: not a readable run record ({err})") from None
-    best, latest = record.get("best_checkpoint"), record.get("checkpoint")
-    metric = record.get("best_metric_name") or "its metric"
+    best, latest = record.best_checkpoint, record.checkpoint
+    metric = record.best_metric_name or "its metric"
     if best and (run_dir / best).is_file():  # kept in the folder's terms, so a copied or moved run still works
-        score = record.get("best_metric")
+        score = record.best_metric
         value = f" {score:.4g}" if isinstance(score, (int, float)) else ""
-        return run_dir / best, f"its best checkpoint (epoch {record.get('best_epoch')}, {metric}{value})"
-    if latest:  # recorded as the run saw it; a moved folder holds it under the same name
-        candidate = Path(latest) if Path(latest).is_file() else next(iter(sorted(run_dir.rglob(Path(latest).name))), None)
+        return run_dir / best, f"its best checkpoint (epoch {record.best_epoch}, {metric}{value})"
+    if latest:  # relative to the folder (older records: as the run saw it; a moved folder holds it by name)
+        candidate = run_dir / latest if (run_dir / latest).is_file() else next(iter(sorted(run_dir.rglob(Path(latest).name))), None)
         if candidate is not None:
             why = "best checkpoint is gone" if best else f"run has no best {metric}"
-            return candidate, f"its latest checkpoint (epoch {record.get('epochs_done')}; the {why})"
-    status = record.get("status", "?") + (f": {record['error']}" if record.get("error") else "")
+            return candidate, f"its latest checkpoint (epoch {record.epochs_done}; the {why})"
+    status = record.status + (f": {record.error}" if record.error else "")
     raise CheckpointError(f"{run_dir}: the run wrote no checkpoint that is still there (it ended {status})")
 
 
@@ -53,7 +54,7 @@ def best_of_sweep(sweep_dir: Path) -> tuple[Path, str]:
 
     summary = pd.read_csv(sweep_dir / SUMMARY_FILE, dtype={"job": str})  # sorted best first when it was written
     for _, row in summary.iterrows():
-        if row.get("status") == "ok" and (sweep_dir / row["job"] / RESULT_FILE).is_file():
+        if row.get("status") == "ok" and has_record(sweep_dir / row["job"]):
             path, how = best_of_run(sweep_dir / row["job"])
             return path, f"job {row['job']}, the sweep's best, {how}"
     raise CheckpointError(f"{sweep_dir}: no job of the sweep ended ok (see its {SUMMARY_FILE})")

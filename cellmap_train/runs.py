@@ -20,7 +20,8 @@ from typing import Sequence
 import yaml
 
 from cellmap_train.runs_table import OPTIONAL, cell, common_prefix, fit, short_keys
-from cellmap_train.sweep import RESULT_FILE, read_result, recorded_overrides
+from cellmap_train.run.record import RESULT_FILE, read_record
+from cellmap_train.sweep import recorded_overrides
 
 COLUMNS = ["run", "overrides", "status", "classes", "best_metric_name", "best_metric", "best_epoch", "epochs_done",
            "wall_time_s", "best_checkpoint", "error"]
@@ -33,7 +34,7 @@ def run_rows(folder: Path) -> list[dict]:
     for record_file in sorted(folder.rglob(RESULT_FILE)):
         run_dir = record_file.parent
         try:
-            record = read_result(run_dir)
+            record = read_record(run_dir).as_dict()
         except (OSError, ValueError) as err:
             record = {"status": "unreadable", "error": f"{RESULT_FILE}: {err}"}
         try:

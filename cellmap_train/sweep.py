@@ -9,9 +9,6 @@ sweep (`sweep_stop.py`).
 
 from __future__ import annotations
 
-import json
-import math
-import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -19,32 +16,14 @@ import yaml
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
-from cellmap_train.files import atomic_write
+from cellmap_train.run.record import has_record, read_record
 from cellmap_train.sweep_stop import (STOP_FILE, StopSweepOnSignal, jobs_run_in_other_processes_here,
                                      keep_submitit_controllers_out_of_ctrl_c)
 
 if TYPE_CHECKING:  # pandas is imported only when a sweep summary is made: every run's start-up is spared it
     import pandas as pd
 
-RESULT_FILE = "result.json"
 SUMMARY_FILE = "summary.csv"
-
-
-def write_result(run_dir: str | os.PathLike, record: dict[str, Any]) -> Path:
-    """Atomically write a run's record (NaN/inf become null so the file is strict JSON)."""
-    clean = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in record.items()}
-    path = Path(run_dir) / RESULT_FILE
-    with atomic_write(path) as handle:
-        handle.write(json.dumps(clean, indent=2, default=str) + "\n")
-    return path
-
-
-def read_result(run_dir: str | os.PathLike) -> dict[str, Any]:
-    """A run's record; OSError or ValueError (also for JSON that is not an object) when unreadable."""
-    record = json.loads((Path(run_dir) / RESULT_FILE).read_text())
-    if not isinstance(record, dict):
-        raise ValueError(f"holds a {type(record).__name__}, not a run record")
-    return record
 
 
 def recorded_overrides(run_dir: Path) -> Any:
@@ -79,7 +58,8 @@ def collect(sweep_dir: Path, swept_keys: list[str]) -> "pd.DataFrame":
     rows = []
     for job_dir in sorted((p for p in sweep_dir.iterdir() if p.is_dir() and (p / ".hydra").is_dir()),
                           key=lambda p: (not p.name.isdigit(), int(p.name) if p.name.isdigit() else p.name)):
-        record = read_result(job_dir) if (job_dir / RESULT_FILE).exists() else {"status": "failed", "error": "no result.json (job crashed)"}
+        record = (read_record(job_dir).as_dict() if has_record(job_dir)
+                  else {"status": "failed", "error": "no result.json (job crashed)"})
         rows.append({"job": job_dir.name, **swept_values(job_dir, swept_keys), **record})
     frame = pd.DataFrame(rows)
     for key in swept_keys:

@@ -1,5 +1,5 @@
 """init_from=<folder>: which checkpoint a run folder or a sweep folder stands for. The folders are
-laid out as runs and sweeps write them (result.json through write_result, summary.csv sorted
+laid out as runs and sweeps write them (result.json through write_record, summary.csv sorted
 best first); the end-to-end runs are in test_train_smoke (a run folder) and test_sweeps (a sweep)."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import torch
 
 from cellmap_train.errors import CheckpointError
 from cellmap_train.run_folder import checkpoint_of
-from cellmap_train.sweep import write_result
+from cellmap_train.run.record import write_record
 
 
 def run_folder(path, epochs=3, best_epoch=2, status="ok", error=None, keep=None):
@@ -20,7 +20,7 @@ def run_folder(path, epochs=3, best_epoch=2, status="ok", error=None, keep=None)
     for epoch in keep if keep is not None else range(1, epochs + 1):
         (path / "checkpoints").mkdir(parents=True, exist_ok=True)
         torch.save({"model": {}, "epoch": epoch}, path / "checkpoints" / f"2d_unet_{epoch}.pth")
-    write_result(path, {
+    write_record(path, {
         "status": status, "error": error, "best_metric_name": "dice/mean", "best_metric": 0.8125, "best_epoch": best_epoch,
         "epochs_done": epochs if status == "ok" else 0, "checkpoint": str(path / "checkpoints" / f"2d_unet_{epochs}.pth"),
         "best_checkpoint": f"checkpoints/2d_unet_{best_epoch}.pth" if best_epoch else None,

@@ -1,5 +1,5 @@
 """`cellmap-train runs`: the runs under a folder, best first. Folders laid out as runs write them
-(result.json through write_result, Hydra's .hydra/overrides.yaml); test_sweeps lists a real sweep."""
+(result.json through write_record, Hydra's .hydra/overrides.yaml); test_sweeps lists a real sweep."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import sys
 import yaml
 
 from cellmap_train.runs import main, ranked, run_rows, select, shown
-from cellmap_train.sweep import write_result
+from cellmap_train.run.record import write_record
 
 CLI = [sys.executable, "-c", "import sys; from cellmap_train.cli import main; sys.exit(main())"]
 
@@ -25,7 +25,7 @@ def a_run(folder, overrides, metric_name="dice/mean", best=None, status="ok", lo
         record["classes"] = list(classes)
     if low_is_best is not None:
         record["low_is_best"] = low_is_best
-    write_result(folder, record)
+    write_record(folder, record)
 
 
 def test_runs_are_ranked_within_their_metric_and_failures_come_last(tmp_path):
@@ -106,7 +106,7 @@ def twenty_runs(folder):
                 "unreachable after its retries (connection reset by peer), see data.storage_options")
     a_run(folder / "2026-12-02" / "13-00-00-000004", ["lr=abc"], status="failed", error="lr='abc': must be a positive number")
     record = yaml.safe_load((folder / "2026-12-02" / "13-00-00-000004" / "result.json").read_text())
-    write_result(folder / "2026-12-02" / "13-00-00-000004", {**record, "config_error": True})
+    write_record(folder / "2026-12-02" / "13-00-00-000004", {**record, "config_error": True})
     return sweep
 
 

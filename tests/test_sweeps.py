@@ -68,7 +68,8 @@ def test_summary_is_sorted_by_best_metric_and_a_new_run_starts_from_the_best_job
     table = summary(tmp_path)
     metrics = table.best_metric.tolist()
     assert metrics == sorted(metrics, reverse=True)
-    assert saved_trainer_config(table.checkpoint[0])["num_threads"] is None  # jobs one by one: torch's default
+    first_job = tmp_path / "sweep" / str(table.job[0])  # the record's paths are relative to the job's folder
+    assert saved_trainer_config(first_job / table.checkpoint[0])["num_threads"] is None  # jobs one by one: torch's default
     assert table.best_checkpoint.tolist() == ["checkpoints/2d_unet_1.pth"] * 3  # relative to each job's folder
     proc = run_cli(*FAST, "init_from=sweep", "hydra.run.dir=tuned", check=True)
     best = tmp_path / "sweep" / str(table.job[0]) / "checkpoints" / "2d_unet_1.pth"
@@ -85,7 +86,8 @@ def test_joblib_launcher_runs_jobs_in_parallel_processes(run_cli, tmp_path):
     assert (table.status == "ok").all() and len(table) == 2
     assert table.datasplit_digest.nunique() == 1 and len(list((tmp_path / "sweep").glob("datasplit*.csv"))) == 1
     cores = usable_cores()
-    assert saved_trainer_config(table.checkpoint[0])["num_threads"] == max(1, cores // min(2, cores))  # 2 jobs share the cores
+    first_job = tmp_path / "sweep" / str(table.job[0])
+    assert saved_trainer_config(first_job / table.checkpoint[0])["num_threads"] == max(1, cores // min(2, cores))  # 2 jobs share the cores
 
 
 @pytest.mark.slow

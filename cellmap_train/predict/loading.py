@@ -12,7 +12,7 @@ from cellmap_train.engine.checkpoint import is_full, read_checkpoint
 from cellmap_train.errors import CheckpointError, ConfigError
 from cellmap_train.predict.predictor import ModelSpec
 from cellmap_train.run_folder import checkpoint_of
-from cellmap_train.sweep import RESULT_FILE
+from cellmap_train.run.record import has_record
 
 
 @dataclass
@@ -51,7 +51,7 @@ def find_trained(path: str | Path) -> TrainedRun:
 def run_folder_of(checkpoint: Path) -> Path | None:
     """The run folder holding a checkpoint (the nearest folder above it with a run record or .hydra)."""
     for folder in checkpoint.resolve().parents:
-        if (folder / RESULT_FILE).is_file() or (folder / ".hydra").is_dir():
+        if has_record(folder) or (folder / ".hydra").is_dir():
             return folder
     return None
 

@@ -30,12 +30,18 @@ def fails_with(run_inprocess, tmp_path: Path, *args: str) -> str:
     return error_line(output)
 
 
-def error_line(stderr: str) -> str:
+def error_line(stderr: str, start: str = "cellmap_train: error:") -> str:
     """The one `cellmap_train: error:` line; fails if there is a traceback or more than one."""
     assert "Traceback" not in stderr, stderr[-3000:]
-    lines = [line for line in stderr.splitlines() if line.startswith("cellmap_train: error:")]
+    lines = [line for line in stderr.splitlines() if line.startswith(start)]
     assert len(lines) == 1, stderr[-3000:]
     return lines[0]
+
+
+def stop_line(stderr: str) -> str:
+    """The one `cellmap_train: stopped by SIG...` line of a run a signal stopped (a stop, not an error)."""
+    assert "cellmap_train: error:" not in stderr, stderr[-3000:]
+    return error_line(stderr, start="cellmap_train: stopped by ")
 
 
 def snapshot(folder: Path) -> dict[str, str]:

@@ -17,7 +17,7 @@ import torch
 
 from cellmap_train.engine.checkpoint import read_checkpoint
 from cellmap_train.engine.pause_hook import ENV, MARKER
-from faults import TINY, error_line, wait_for_marker
+from faults import TINY, stop_line, wait_for_marker
 from warm_python import command
 
 pytestmark = pytest.mark.slow
@@ -80,7 +80,7 @@ def test_signal_checkpoints_the_step_and_resume_is_exact(spawn, tmp_path, refere
     proc.send_signal(sig)
     _, stderr = proc.communicate(timeout=300)
     assert proc.returncode == 1
-    line = error_line(stderr)
+    line = stop_line(stderr)
     assert f"stopped by {sig.name} at epoch 2, step 5" in line and "load_model=latest" in line
     state = read_checkpoint(tmp_path / "run" / "checkpoints" / "2d_unet_2.pth")
     assert (state["epoch"], state["step"], state["epoch_steps"]) == (1, 5, 2)
@@ -100,7 +100,7 @@ def test_a_signal_to_the_whole_group_reaches_the_workers_too_and_the_checkpoint_
     os.killpg(proc.pid, sig)
     _, stderr = proc.communicate(timeout=300)
     assert proc.returncode == 1
-    line = error_line(stderr)
+    line = stop_line(stderr)
     assert f"stopped by {sig.name} at epoch 2, step 4: checkpoint" in line and "2d_unet_2.pth written" in line, line
     assert read_checkpoint(tmp_path / "run" / "checkpoints" / "2d_unet_1.pth")["epoch"] == 1
     state = read_checkpoint(tmp_path / "run" / "checkpoints" / "2d_unet_2.pth")

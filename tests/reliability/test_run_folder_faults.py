@@ -123,7 +123,7 @@ def test_a_full_disk_under_the_tensorboard_events_is_one_line(run_cli, tmp_path,
 def test_a_full_disk_at_the_datasplit_or_the_record_names_the_file_and_leaves_no_temp_file(small_disk):
     from cellmap_train.data.datasplit import CropEntry, write_datasplit
     from cellmap_train.files import RunWriteError
-    from cellmap_train.sweep import write_result
+    from cellmap_train.run.record import write_record
 
     disk = small_disk("full", "8k")
     (disk / "filler").write_bytes(b"x" * 8192)  # the whole disk: the next write has no room
@@ -131,5 +131,5 @@ def test_a_full_disk_at_the_datasplit_or_the_record_names_the_file_and_leaves_no
     with pytest.raises(RunWriteError, match=f"^{disk}/datasplit.csv: cannot write: no space left on device$"):
         write_datasplit([entry] * 200, disk / "datasplit.csv")
     with pytest.raises(RunWriteError, match=f"^{disk}/result.json: cannot write: no space left on device$"):
-        write_result(disk, {"status": "ok", "notes": "x" * 20000})
+        write_record(disk, {"status": "ok", "notes": "x" * 20000})
     assert sorted(os.listdir(disk)) == ["filler"]
