@@ -3,6 +3,7 @@ shorthands that turn a mistyped override into one clear line before anything run
 
 from __future__ import annotations
 
+import logging
 import math
 import numbers
 import os
@@ -14,6 +15,8 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from cellmap_train import sweep_split
 from cellmap_train.cores import usable_cores
 from cellmap_train.errors import ConfigError
+
+log = logging.getLogger(__name__)
 
 CONFIG_NAME = "config"
 RUN_STAMP_ENV = "CELLMAP_TRAIN_RUN_STAMP"  # set by the entry point so all DDP ranks share one run folder
@@ -146,3 +149,41 @@ def check_class_list(key: str, classes, example: str) -> None:
     twice = next((c for i, c in enumerate(classes) if c in classes[:i]), None)
     if twice is not None:  # two output channels of one class, and its metrics written over each other
         raise ConfigError(f"{key}={list(classes)!r}: {twice!r} is listed twice")
+
+
+# where a shorthand lands when a preset writes a value there itself (trainer=smoke: `epochs: 1`)
+_HOMES = {"epochs": "trainer.epochs", "iterations_per_epoch": "trainer.iterations_per_epoch",
+          "seed": "trainer.seed", "lr": "optimizer.lr", "batch_size": "data.batch_size"}
+
+
+def command_line_overrides() -> list[str]:
+    """The run's overrides as typed (empty outside a Hydra run, e.g. a notebook's compose)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    return list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
+
+
+def apply_command_line_shorthands(cfg: DictConfig, overrides: list[str]) -> list[str]:
+    """A shorthand typed on the command line wins over a preset that sets its home itself
+    (`trainer=smoke epochs=5` trains 5 epochs, not the preset's 1, and says so), unless the home
+    was typed too. Returns the lines said."""
+    typed = {item.split("=", 1)[0].lstrip("+~") for item in overrides if "=" in item}
+    lines = []
+    for key in sorted(typed & set(_SHORTHANDS)):
+        home = _HOMES.get(key)
+        if home and home not in typed and OmegaConf.select(cfg, home, throw_on_missing=False) is not None:
+            if _source(cfg, home) != f"${{{key}}}" and OmegaConf.select(cfg, home) != cfg[key]:
+                lines.append(f"{key}={cfg[key]}: used for {home} (the chosen preset set it to "
+                             f"{OmegaConf.select(cfg, home)}); set {home}=... to choose otherwise")
+                OmegaConf.update(cfg, home, cfg[key], merge=False)
+    for line in lines:
+        log.warning("%s", line)
+    return lines
+
+
+def _source(cfg: DictConfig, key: str):
+    """A node's value before interpolation (`${epochs}`, or the literal a preset wrote)."""
+    parent, _, leaf = key.rpartition(".")
+    node = OmegaConf.select(cfg, parent) if parent else cfg
+    return node._get_node(leaf)._value() if isinstance(node, DictConfig) else None
+

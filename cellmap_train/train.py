@@ -14,7 +14,8 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate, to_absolute_path
 from omegaconf import DictConfig, OmegaConf
 
-from cellmap_train.config import CONFIG_NAME, RUN_STAMP_ENV, check_groups, check_shorthands, config_dir, run_path
+from cellmap_train.config import (CONFIG_NAME, RUN_STAMP_ENV, apply_command_line_shorthands, check_groups, check_shorthands,
+                                  command_line_overrides, config_dir, run_path)
 from cellmap_train.errors import CheckpointError
 from cellmap_train.hydra_errors import one_line_hydra_errors
 from cellmap_train.interrupt import StopRequest
@@ -32,6 +33,7 @@ if TYPE_CHECKING:
 def train(cfg: DictConfig, stop: StopRequest | None = None) -> FitResult:
     check_groups(cfg)
     check_shorthands(cfg)
+    apply_command_line_shorthands(cfg, command_line_overrides())
     from cellmap_train.engine import distributed, fit, seed_everything
     from cellmap_train.models.build import build_model, freeze_parameters
     from cellmap_train.memory import available_bytes
