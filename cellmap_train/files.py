@@ -43,3 +43,16 @@ def atomic_write(path: str | os.PathLike, mode: str = "w", newline: str | None =
     finally:
         with contextlib.suppress(OSError):  # a folder we may not even list: nothing was made there
             tmp.unlink(missing_ok=True)
+
+
+def check_writable(folder: str | os.PathLike, what: str) -> None:
+    """Make `folder` and write a probe file in it, so a run learns before training, not after an
+    epoch, that its checkpoints or events cannot be written (RunWriteError naming the folder)."""
+    folder = Path(folder)
+    probe = folder / f".write-probe-{os.getpid()}"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as err:
+        raise RunWriteError(write_error(folder, err, f"cannot write {what} there")) from None

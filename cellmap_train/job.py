@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -67,13 +68,15 @@ def run_and_record(cfg: DictConfig, hydra_cfg: DictConfig, train: Train) -> floa
         else:
             result = train(cfg)
     except Exception as err:
-        expected = isinstance(err, (UserError, InstantiationException, OmegaConfBaseException))
-        if os.environ.get("HYDRA_FULL_ERROR") == "1" or not (expected or multirun):
-            raise
-        message = one_line(err) if expected else f"{type(err).__name__}: {err}".splitlines()[0]
+        known = known_failure(err)  # None: a bug, whose traceback is shown (after its record is written)
+        if loader_worker_died(err):  # torch's SIGCHLD handler would raise again as the dead loader is collected
+            signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        full_error = os.environ.get("HYDRA_FULL_ERROR") == "1"
+        message = known or f"{type(err).__name__}: {err}".splitlines()[0]
         stopped = isinstance(err, TrainingInterrupted)  # its record keeps the metrics of the epochs it finished
-        # a signal the user (or Slurm) sent is a stop asked for, not an error: said as such
-        print(f"cellmap_train: {message}" if stopped else f"cellmap_train: error: {message}", file=sys.stderr)
+        if (known and not full_error) or multirun:
+            # a signal the user (or Slurm) sent is a stop asked for, not an error: said as such
+            print(f"cellmap_train: {message}" if stopped else f"cellmap_train: error: {message}", file=sys.stderr)
         # a record that cannot be written either (the full disk that stopped the run): the line above says why
         with contextlib.suppress(RunWriteError):
             if writes_files:
@@ -84,6 +87,8 @@ def run_and_record(cfg: DictConfig, hydra_cfg: DictConfig, train: Train) -> floa
         if multirun:
             stop_sweep_if_signalled(stop, hydra_cfg)
             return math.nan
+        if full_error or not known:
+            raise
         sys.exit(1)
     if multirun:
         stop_sweep_if_signalled(stop, hydra_cfg)  # the signal came after the last step: the job is done
@@ -91,6 +96,22 @@ def run_and_record(cfg: DictConfig, hydra_cfg: DictConfig, train: Train) -> floa
         record(result, cfg, time.perf_counter() - start).write(output_dir)
         report(result, cfg)
     return result.best_metric
+
+
+def known_failure(err: BaseException) -> str | None:
+    """The one line for a failure the user can act on; None for one that is a bug of ours."""
+    if isinstance(err, (UserError, InstantiationException, OmegaConfBaseException)):
+        return one_line(err)
+    if loader_worker_died(err):
+        return (f"{str(err).strip().splitlines()[0].rstrip('. ')}: a data-loading worker died (out of memory? "
+                f"`dmesg` says); lower data.dataloader_kwargs.num_workers or batch_size; the checkpoints written "
+                f"so far are kept, continue with load_model=latest")
+    return None
+
+
+def loader_worker_died(err: BaseException) -> bool:
+    """torch's error for a DataLoader worker that was killed (the OOM killer, kill -9) or exited."""
+    return isinstance(err, RuntimeError) and str(err).strip().startswith("DataLoader worker (pid")
 
 
 def is_config_error(err: BaseException) -> bool:
@@ -108,7 +129,8 @@ def stop_sweep_if_signalled(stop: StopRequest | None, hydra_cfg: DictConfig) -> 
 def report(result: FitResult, cfg: DictConfig) -> None:
     final = result.final_metrics.get("dice/mean", float("nan"))
     # a run that had nothing left to train has no first epoch of its own: its checkpoint's metrics
-    first = f"epoch 1 {result.first_metrics['dice/mean']:.3f} -> " if "dice/mean" in result.first_metrics else ""
+    first_epoch = result.first_epoch or 1  # the run's first across its processes (older checkpoints: this one's)
+    first = f"epoch {first_epoch} {result.first_metrics['dice/mean']:.3f} -> " if "dice/mean" in result.first_metrics else ""
     print(f"Validation Dice (mean over {list(cfg.classes)}): {first}final {final:.3f}; "
           f"best {cfg.trainer.best_metric} {result.best_metric:.3f} at epoch {result.best_epoch}")
     print(f"Checkpoint: {result.checkpoint}")

@@ -14,10 +14,12 @@ import numpy as np
 from hydra.utils import get_object
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from cellmap_train.config import jobs_side_by_side
+from cellmap_train.config import jobs_side_by_side, run_path
 from cellmap_train.data.array_info import ArrayInfo
-from cellmap_train.engine.checkpoint import epoch_files
+from cellmap_train.engine.checkpointer import Checkpointer
 from cellmap_train.errors import ConfigError, UserError
+from cellmap_train.files import check_writable
+from cellmap_train.torchrun import is_rank_zero
 
 log = logging.getLogger(__name__)
 # what a training step's activations take over its layers' outputs, measured on the CPU beside the
@@ -49,13 +51,15 @@ def check_run_folder(cfg: DictConfig) -> None:
     them epoch by epoch: refuse, unless the user says so (overwrite_checkpoints=true)."""
     if cfg.get("load_model") or cfg.get("overwrite_checkpoints"):
         return
-    template = Path(cfg.paths.output_dir) / str(cfg.model_save_path)
-    found = epoch_files(template, str(cfg.model_name))
-    if found:
-        folder = next(iter(found.values())).parent
-        raise ConfigError(f"{folder} already holds checkpoints of an earlier run (epochs {min(found)}..{max(found)}): "
-                          f"continue it with load_model=latest, pick another hydra.run.dir, "
-                          f"or replace them with overwrite_checkpoints=true")
+    Checkpointer(Path(cfg.paths.output_dir) / str(cfg.model_save_path), str(cfg.model_name)).refuse_overwrite()
+
+
+def check_outputs_writable(cfg: DictConfig) -> None:
+    """The checkpoints' and TensorBoard's folders take files (rank 0 writes them)."""
+    if not is_rank_zero():
+        return
+    check_writable(run_path(cfg, str(Path(str(cfg.model_save_path)).parent)), "checkpoints")  # its name holds {epoch}
+    check_writable(run_path(cfg, cfg.logs_save_path), "TensorBoard events")
 
 
 def check_init_from(cfg: DictConfig) -> None:
@@ -130,7 +134,7 @@ def check_optimizer_and_scheduler(cfg: DictConfig) -> int:
     import torch
     from hydra.utils import instantiate
 
-    from cellmap_train.engine.loop import step_epoch_scheduler
+    from cellmap_train.engine.epoch_end import step_epoch_scheduler
 
     group = "optimizer"
     try:

@@ -16,7 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from cellmap_train.config import (CONFIG_NAME, RUN_STAMP_ENV, apply_command_line_shorthands, check_groups, check_shorthands,
                                   command_line_overrides, config_dir, run_path)
-from cellmap_train.errors import CheckpointError
+from cellmap_train.demo_notice import say_demo_data_by_default
 from cellmap_train.hydra_errors import one_line_hydra_errors
 from cellmap_train.interrupt import StopRequest
 from cellmap_train.job import run_job
@@ -35,11 +35,12 @@ def train(cfg: DictConfig, stop: StopRequest | None = None) -> FitResult:
     check_shorthands(cfg)
     apply_command_line_shorthands(cfg, command_line_overrides())
     from cellmap_train.engine import distributed, fit, seed_everything
+    from cellmap_train.engine.checkpointer import Checkpointer
     from cellmap_train.models.build import build_model, freeze_parameters
     from cellmap_train.memory import available_bytes
     from cellmap_train.preflight import (check_init_from, check_memory, check_model_shape, check_numeric_options,
-                                         check_optimizer_and_scheduler, check_output_fits_labels, check_run_folder,
-                                         meta_forward)
+                                         check_optimizer_and_scheduler, check_output_fits_labels,
+                                         check_outputs_writable, check_run_folder, meta_forward)
 
     check_model_shape(cfg)
     check_numeric_options(cfg)
@@ -48,12 +49,14 @@ def train(cfg: DictConfig, stop: StopRequest | None = None) -> FitResult:
     check_output_fits_labels(cfg, meta)
     check_memory(cfg, meta, available_bytes(), state_copies)
     check_run_folder(cfg)
+    check_outputs_writable(cfg)
     check_init_from(cfg)
+    say_demo_data_by_default()  # after the checks: a config error stays one line
     seed_everything(cfg.seed)  # before the model, so its initial weights follow the seed
     settings = instantiate(cfg.trainer, run_dir=cfg.paths.output_dir)
     model = build_model(cfg.model, cfg.get("model_kwargs"))
     if cfg.get("init_from"):
-        start_from(model, cfg, settings, meta.output_layer if meta else None)
+        start_from(model, cfg, Checkpointer.from_settings(settings), meta.output_layer if meta else None)
     frozen = freeze_parameters(model, cfg.get("freeze"))  # before the optimizer and DDP see which parameters train
     if frozen and is_rank_zero():
         print(frozen)
@@ -83,26 +86,23 @@ def train(cfg: DictConfig, stop: StopRequest | None = None) -> FitResult:
     return result
 
 
-def start_from(model, cfg: DictConfig, settings, output_layer: str | None) -> None:
-    """init_from: a new run's weights from another run's checkpoint. A run that resumes from its
-    own checkpoint (load_model) started from there already."""
-    from cellmap_train.engine.init_weights import init_weights
-    from cellmap_train.engine.loop import find_checkpoint
-    from cellmap_train.run_folder import checkpoint_of
-
-    own = find_checkpoint(settings) if settings.load_model else None
-    if own is not None:
-        line = f"init_from={cfg.init_from} not used: the run continues from its own checkpoint {own[1]}."
-    else:
-        try:  # a path the user names: from where the command was run
-            path, how = checkpoint_of(to_absolute_path(cfg.init_from))
-            if how and is_rank_zero():
-                print(f"init_from={cfg.init_from}: {how}: {path}")
-            line = init_weights(model, path, list(cfg.classes), output_layer, cfg.get("init_from_classes"))
-        except CheckpointError as err:
-            raise CheckpointError(f"init_from: {err}") from None
+def start_from(model, cfg: DictConfig, checkpointer, output_layer: str | None) -> None:
+    """init_from: a new run's weights from another run's checkpoint, a file or a run or sweep
+    folder (named from where the command was run); the checkpointer decides whether it is used."""
+    line = checkpointer.init_from(model, cfg.init_from, locate_init_from, list(cfg.classes), output_layer,
+                                  cfg.get("init_from_classes"))
     if is_rank_zero():
         print(line)
+
+
+def locate_init_from(source: str):
+    """The checkpoint file that init_from's `source` stands for (a run folder: its best one)."""
+    from cellmap_train.run_folder import checkpoint_of
+
+    path, how = checkpoint_of(to_absolute_path(source))
+    if how and is_rank_zero():
+        print(f"init_from={source}: {how}: {path}")
+    return path
 
 
 @hydra.main(version_base="1.3", config_path=config_dir(), config_name=CONFIG_NAME)

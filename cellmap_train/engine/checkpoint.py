@@ -1,8 +1,11 @@
 """Checkpoint files: one per epoch, written atomically, read with `weights_only=True`.
 
 A full checkpoint is a dict {model, optimizer, optimizer_type, scheduler, scheduler_type, scaler,
-epoch, step, best_metric, best_epoch, tracked_metric, metrics, rng, config}. A bare state_dict (the challenge's format)
-is also accepted and initialises the model only.
+epoch, step, epoch_steps, epoch_loss_sum, best_metric, best_epoch, tracked_metric, loss_smoothing,
+first_metrics, first_epoch, wall_time_s, batch_size, metrics, rng, config} (the run's part of it is
+`run_state.RunState`'s; older files without the later keys still resume). A bare state_dict (the
+challenge's format) is also accepted and initialises the model only. Which file to read, and when
+to write one, is `checkpointer.Checkpointer`'s.
 """
 
 from __future__ import annotations

@@ -41,6 +41,7 @@ class TrainSettings:
     early_stopping_patience: int | None = None  # epochs without a new best before stopping
     progress_bar: bool = True
     log_every_n_steps: int = 50  # a plain progress line every N steps when stderr is not a terminal
+    log_every_n_seconds: float | None = 30.0  # ... and at the first step after this long without one (None = off)
     skip_nonfinite_steps: bool = False  # a NaN/inf loss skips its step (with a line) instead of stopping the run
     num_threads: int | None = None  # torch CPU threads of this process (cap it when jobs run side by side)
     run_dir: str = "."  # relative paths (model_save_path, logs_save_path) are taken from here
@@ -65,6 +66,8 @@ class TrainSettings:
             (self.max_grad_norm is None or self.max_grad_norm > 0, f"trainer.max_grad_norm must be null or > 0, got {self.max_grad_norm}"),
             (self.num_threads is None or self.num_threads >= 1, f"trainer.num_threads must be null or >= 1, got {self.num_threads}"),
             (self.log_every_n_steps >= 1, f"trainer.log_every_n_steps must be >= 1, got {self.log_every_n_steps}"),
+            (self.log_every_n_seconds is None or self.log_every_n_seconds >= 0,
+             f"trainer.log_every_n_seconds must be null or >= 0, got {self.log_every_n_seconds}"),
             (self.cudnn_benchmark is None or isinstance(self.cudnn_benchmark, bool), f"trainer.cudnn_benchmark must be null, true or false, got {self.cudnn_benchmark!r}"),
             (not (self.cudnn_benchmark and self.deterministic),
              "trainer.cudnn_benchmark=true contradicts trainer.deterministic=true (the autotuner may pick a different "

@@ -1,4 +1,5 @@
-"""TensorBoard logging: scalars, per-class image grids, and hyper-parameters for the HParams tab."""
+"""TensorBoard logging: scalars, per-class image grids with labelled rows, and hyper-parameters
+for the HParams tab alone (no `hparam/*` scalars in the time series)."""
 
 from __future__ import annotations
 
@@ -56,18 +57,20 @@ class TensorBoardLogger:
         self.images_per_class = images_per_class
         self.writer = None
         self.writer = SummaryWriter(self.log_dir, flush_secs=flush_secs)
+        self.series: set[str] = set()  # scalar tags written: the metrics the HParams tab can show
 
     @_one_line_writes
     def scalars(self, values: Mapping[str, float], step: int) -> None:
         for tag, value in values.items():
             if value is not None and not (isinstance(value, float) and math.isnan(value)):
                 self.writer.add_scalar(tag, float(value), step)
+                self.series.add(tag)
 
     @_one_line_writes
     def images(self, raw: torch.Tensor, target: torch.Tensor, prob: torch.Tensor, classes: Sequence[str], step: int) -> None:
-        """One grid per class: rows raw / target / prediction for a few samples (middle z for 3D).
-        Unknown target voxels are drawn at 0.5 grey. Raw is drawn at the labels' size when they
-        differ (a model that predicts at a coarser voxel size)."""
+        """One grid per class: rows raw / target / prediction for a few samples (middle z for 3D),
+        each row named in a column on its left. Unknown target voxels are drawn at 0.5 grey. Raw
+        is drawn at the labels' size when they differ (a model that predicts at a coarser voxel size)."""
         if raw.ndim == 5:  # N, C, Z, Y, X -> middle slice of each
             raw, target, prob = (volume[:, :, volume.shape[2] // 2] for volume in (raw, target, prob))
         n = min(self.images_per_class, raw.shape[0])
@@ -79,14 +82,22 @@ class TensorBoardLogger:
         for c, cls in enumerate(classes):
             truth = torch.nan_to_num(target[:n, c : c + 1], nan=0.5)
             rows = torch.cat([shown_raw, truth, prob[:n, c : c + 1].float()], dim=0)  # 3n x 1 x H x W
-            grid = _grid(rows, columns=n)
+            grid = _labelled(_grid(rows, columns=n), ROW_NAMES)
             self.writer.add_image(f"samples/{cls}", grid, step, dataformats="CHW")
 
     @_one_line_writes
     def hparams(self, params: Mapping[str, object], metrics: Mapping[str, float]) -> None:
+        """The run's hyper-parameters for the HParams tab, with `metrics` among the scalar tags
+        this run logs: the tab shows each one's last value from its own time series. A metric
+        that is not a series here (`best/...`) is left out: written as a scalar it would be one
+        more single-point card in the time series (SummaryWriter.add_hparams writes such cards,
+        `hparam/*`, one per metric). The three summaries go to the run's own event file."""
+        from torch.utils.tensorboard.summary import hparams
+
         clean = {k: (v if isinstance(v, (int, float, str, bool)) else str(v)) for k, v in params.items()}
-        final = {f"hparam/{k}": float(v) for k, v in metrics.items() if v is not None and math.isfinite(float(v))}
-        self.writer.add_hparams(clean, final, run_name=".")
+        shown = {tag: float(value) for tag, value in metrics.items() if tag in self.series and value is not None}
+        for summary in hparams(clean, shown):  # experiment, session start, session end
+            self.writer.file_writer.add_summary(summary)
 
     @_one_line_writes
     def flush(self) -> None:
@@ -95,6 +106,9 @@ class TensorBoardLogger:
     @_one_line_writes
     def close(self) -> None:
         self.writer.close()
+
+
+ROW_NAMES = ("raw", "target", "prediction")
 
 
 def _grid(images: torch.Tensor, columns: int, pad: int = 2) -> torch.Tensor:
@@ -106,3 +120,23 @@ def _grid(images: torch.Tensor, columns: int, pad: int = 2) -> torch.Tensor:
         r, c = divmod(i, columns)
         grid[:, r * (height + pad) : r * (height + pad) + height, c * (width + pad) : c * (width + pad) + width] = images[i].clamp(0, 1)
     return grid
+
+
+def _labelled(grid: torch.Tensor, names: Sequence[str], pad: int = 2) -> torch.Tensor:
+    """`grid` (1 x H x W, len(names) rows of tiles) with a white column on its left naming each
+    row, the name centred on its row, drawn with Pillow's built-in font (Pillow is what
+    SummaryWriter.add_image encodes with)."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    font = ImageFont.load_default()
+    _, height, _ = grid.shape
+    row_height = (height + pad) / len(names)
+    probe = ImageDraw.Draw(Image.new("L", (1, 1)))
+    width = int(max(probe.textlength(name, font=font) for name in names)) + 2 * pad + 2
+    column = Image.new("L", (width, height), 255)
+    draw = ImageDraw.Draw(column)
+    for i, name in enumerate(names):
+        _, top, _, bottom = draw.textbbox((0, 0), name, font=font)
+        draw.text((pad, (i + 0.5) * row_height - (top + bottom) / 2), name, fill=0, font=font)
+    drawn = torch.frombuffer(bytearray(column.tobytes()), dtype=torch.uint8).reshape(1, height, width) / 255.0
+    return torch.cat([drawn, torch.ones(1, height, pad), grid], dim=2)

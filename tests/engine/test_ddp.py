@@ -70,6 +70,7 @@ def test_two_process_gloo_run_writes_one_set_of_files_and_validates_in_shares(de
     writers = {p.name.split(".")[-2] for p in (run / "tensorboard").rglob("events.out.tfevents.*")}
     assert len(writers) == 1  # event files of one process only
     assert (run / "result.json").is_file() and (run / "datasplit.csv").is_file()
+    assert (run / "train.log").read_text().count("epoch 2/2: loss/train") == 1  # rank 0 writes the run's log
     # the ranks validated batches 0, 2 and 1 of the set and added up what they measured: the same
     # as one process validating those weights on the first 3 batches
     checkpoint = read_checkpoint(run / "checkpoints" / "2d_unet_2.pth")

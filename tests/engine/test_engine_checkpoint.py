@@ -10,7 +10,7 @@ from torch.utils.tensorboard import SummaryWriter
 
 from cellmap_train import load_best_val, load_latest
 from cellmap_train.engine.checkpoint import prune_checkpoints, save_checkpoint
-from cellmap_train.engine.loop import find_checkpoint
+from cellmap_train.engine.checkpointer import Checkpointer
 from cellmap_train.errors import CheckpointError
 
 
@@ -32,6 +32,10 @@ def checkpoints(tmp_path):
         path = save_checkpoint(state, folder / f"net_{epoch}.pth")
         os.utime(path, (mtime, mtime))
     return folder
+
+
+def find_checkpoint(settings):
+    return Checkpointer.from_settings(settings).find()
 
 
 def write_scalars(log_dir, tag: str, values: dict[int, float]) -> None:

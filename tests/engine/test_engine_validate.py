@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, Subset
 
-from cellmap_train.engine.loop import epoch_line
+from cellmap_train.engine.epoch_end import epoch_line
 from cellmap_train.engine.losses import MaskedBCEDiceLoss, MaskedBCELoss, MaskedSoftDiceLoss
 from cellmap_train.engine.validate import validate
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 from hydra.utils import instantiate
 
-from cellmap_train.engine.loop import steps_scheduler_per_step
+from cellmap_train.engine.step import steps_scheduler_per_step
 from cellmap_train.engine.schedulers import WarmupCosineLR
 from cellmap_train.engine.settings import TrainSettings
 
