@@ -46,9 +46,11 @@ def atomic_write(path: str | os.PathLike, mode: str = "w", newline: str | None =
 
 
 def check_writable(folder: str | os.PathLike, what: str) -> None:
-    """Make `folder` and write a probe file in it, so a run learns before training, not after an
-    epoch, that its checkpoints or events cannot be written (RunWriteError naming the folder)."""
+    """Write a probe file in `folder` (made for the probe and removed again when missing), so a
+    run learns before training, not after an epoch, that its checkpoints or events cannot be
+    written (RunWriteError naming the folder); a run that stops later leaves no empty folder."""
     folder = Path(folder)
+    missing = [p for p in (folder, *folder.parents) if not p.exists()]
     probe = folder / f".write-probe-{os.getpid()}"
     try:
         folder.mkdir(parents=True, exist_ok=True)
@@ -56,3 +58,7 @@ def check_writable(folder: str | os.PathLike, what: str) -> None:
         probe.unlink()
     except OSError as err:
         raise RunWriteError(write_error(folder, err, f"cannot write {what} there")) from None
+    finally:
+        for made in missing:  # deepest first
+            with contextlib.suppress(OSError):
+                made.rmdir()

@@ -1,5 +1,6 @@
-"""Shared fixtures: one demo dataset per test session, and a runner for real
-`python -m cellmap_train` subprocesses."""
+"""Shared fixtures: one demo dataset per test session, a runner of `python -m cellmap_train` in
+this process (`run_main`, tests/inprocess.py) and one of real subprocesses (`run_cli`, for what
+needs a process: its exit as the shell sees it, signals, sweeps' launchers, a fresh interpreter)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from warm_python import command
+from inprocess import run_module
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -68,20 +69,44 @@ def demo_root(demo_cache) -> Path:
     return demo_cache / f"v{DEMO_VERSION}"
 
 
+def _run_env(demo_cache: Path, env: dict | None) -> dict:
+    full_env = {**os.environ, "CELLMAP_TRAIN_DEMO_DIR": str(demo_cache), "PYTHONUNBUFFERED": "1", **(env or {})}
+    if not (env or {}).get("HYDRA_FULL_ERROR"):
+        full_env.pop("HYDRA_FULL_ERROR", None)
+    return full_env
+
+
+def _checked(proc: subprocess.CompletedProcess, check: bool) -> subprocess.CompletedProcess:
+    if check and proc.returncode != 0:
+        raise AssertionError(f"exit {proc.returncode}\nSTDOUT:\n{proc.stdout[-4000:]}\nSTDERR:\n{proc.stderr[-4000:]}")
+    return proc
+
+
 @pytest.fixture
 def run_cli(demo_cache, tmp_path):
-    """Run `python -m cellmap_train ARGS` in a subprocess; runs land under tmp_path/outputs. The
-    process is a fork of a warm interpreter (tests/warm_python.py) unless `cold=True`."""
+    """Run `python -m cellmap_train ARGS` in a subprocess (a fresh interpreter: ~3-6 s of start-up
+    and imports); runs land under tmp_path/outputs. `cold` is accepted for older callers: every
+    run here is cold."""
 
     def run(*args: str, module: str = "cellmap_train", env: dict | None = None, timeout: float = 600,
-            cwd: Path | None = None, check: bool = False, cold: bool = False) -> subprocess.CompletedProcess:
-        full_env = {**os.environ, "CELLMAP_TRAIN_DEMO_DIR": str(demo_cache), "PYTHONUNBUFFERED": "1", **(env or {})}
-        full_env.pop("HYDRA_FULL_ERROR", None) if not (env or {}).get("HYDRA_FULL_ERROR") else None
-        argv = [sys.executable, "-m", module, *args] if cold else command(module, *args)
-        proc = subprocess.run(argv, cwd=cwd or tmp_path, env=full_env, capture_output=True, text=True, timeout=timeout)
-        if check and proc.returncode != 0:
-            raise AssertionError(f"exit {proc.returncode}\nSTDOUT:\n{proc.stdout[-4000:]}\nSTDERR:\n{proc.stderr[-4000:]}")
-        return proc
+            cwd: Path | None = None, check: bool = False, cold: bool = True) -> subprocess.CompletedProcess:
+        proc = subprocess.run([sys.executable, "-m", module, *args], cwd=cwd or tmp_path, env=_run_env(demo_cache, env),
+                              capture_output=True, text=True, timeout=timeout)
+        return _checked(proc, check)
+
+    return run
+
+
+@pytest.fixture
+def run_main(demo_cache, tmp_path):
+    """`run_cli` in this process (tests/inprocess.py): the same entry, arguments, folder and
+    environment, and the same CompletedProcess back (returncode, stdout, stderr), without an
+    interpreter's start-up. For what a run prints and writes; `run_cli` where the process itself
+    is the point."""
+
+    def run(*args: str, module: str = "cellmap_train", env: dict | None = None, timeout: float = 600,
+            cwd: Path | None = None, check: bool = False) -> subprocess.CompletedProcess:
+        return _checked(run_module(module, *args, env=_run_env(demo_cache, env), cwd=cwd or tmp_path), check)
 
     return run
 

@@ -94,8 +94,8 @@ def test_seed_defaults(compose_cfg):
     assert cfg.model_name == "2d_unet" and cfg.load_model == "latest"
 
 
-def test_cfg_job_resolve_prints_composed_config(run_cli):
-    proc = run_cli("lr=3e-4", "--cfg", "job", "--resolve", check=True)
+def test_cfg_job_resolve_prints_composed_config(run_main):
+    proc = run_main("lr=3e-4", "--cfg", "job", "--resolve", check=True)
     cfg = OmegaConf.create(proc.stdout)
     assert cfg.lr == 3e-4 and cfg.optimizer.lr == 3e-4  # interpolated from the shorthand
     for key in ("batch_size", "seed", "epochs", "iterations_per_epoch", "classes", "model", "optimizer"):
@@ -103,14 +103,14 @@ def test_cfg_job_resolve_prints_composed_config(run_cli):
     assert list(cfg.data.input_array_info.shape) == [1, 128, 128]
 
 
-def test_3d_model_shorthand_composes(run_cli):
-    proc = run_cli("model=3d_unet", "lr=1e-4", "--cfg", "job", check=True)
+def test_3d_model_shorthand_composes(run_main):
+    proc = run_main("model=3d_unet", "lr=1e-4", "--cfg", "job", check=True)
     cfg = OmegaConf.create(proc.stdout)
     assert cfg.model.spatial_dims == 3 and cfg.lr == 1e-4
 
 
-def test_help_lists_groups_shorthands_and_examples(run_cli):
-    out = run_cli("--help", check=True).stdout
+def test_help_lists_groups_shorthands_and_examples(run_main):
+    out = run_main("--help", check=True).stdout
     assert "model: " in out and "2d_unet" in out and "optimizer: " in out
     for shorthand in ("lr ", "batch_size", "iterations_per_epoch", "load_model", "input_array_info"):
         assert shorthand in out
@@ -118,8 +118,8 @@ def test_help_lists_groups_shorthands_and_examples(run_cli):
 
 
 @pytest.mark.parametrize("override,expected", [("lr=abc", "lr='abc'"), ("batch_size=-1", "batch_size=-1"), ("epochs=0", "epochs=0")])
-def test_bad_shorthand_is_one_line(run_cli, tmp_path, override, expected):
-    proc = run_cli("experiment=demo", override, "hydra.run.dir=run")
+def test_bad_shorthand_is_one_line(run_main, tmp_path, override, expected):
+    proc = run_main("experiment=demo", override, "hydra.run.dir=run")
     assert proc.returncode != 0
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and expected in lines[0], proc.stderr
@@ -128,6 +128,7 @@ def test_bad_shorthand_is_one_line(run_cli, tmp_path, override, expected):
 
 
 def test_unknown_group_option_fails_clearly(run_cli):
+    """A real process (the one-line contract as a shell sees it: Hydra's own error, translated)."""
     proc = run_cli("model=nope")
     assert proc.returncode != 0
     assert "Traceback" not in proc.stderr

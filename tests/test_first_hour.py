@@ -18,7 +18,6 @@ from pathlib import Path
 
 import pytest
 
-from warm_python import command
 
 NOTICE = "Data: the built-in synthetic demo (data=demo, the default)"
 # the default config (no experiment), made tiny; data left at its default
@@ -71,8 +70,8 @@ def test_on_a_terminal_the_bar_stays_there_and_the_log_gets_plain_progress_lines
     fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))  # a new pty is 0 columns wide
     env = {**os.environ, "CELLMAP_TRAIN_DEMO_DIR": str(demo_cache), "PYTHONUNBUFFERED": "1"}
     env.pop("HYDRA_FULL_ERROR", None)
-    proc = subprocess.Popen(command("cellmap_train", *TINY_DEFAULT, "data=demo", "hydra.run.dir=run",
-                                    "trainer.log_every_n_steps=1"),
+    proc = subprocess.Popen([sys.executable, "-m", "cellmap_train", *TINY_DEFAULT, "data=demo", "hydra.run.dir=run",
+                                    "trainer.log_every_n_steps=1"],
                             cwd=tmp_path, env=env, stdin=subprocess.DEVNULL, stdout=follower, stderr=follower)
     os.close(follower)
     screen = bytearray()

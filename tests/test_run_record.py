@@ -33,10 +33,10 @@ def test_earlier_configs_are_numbered_in_the_order_the_processes_ran(tmp_path):
     assert keep_earlier_configs(tmp_path) is None  # no .hydra: a new run, nothing moved
 
 
-def test_a_resumed_run_keeps_its_first_command_and_records_paths_in_its_folder(run_cli, tmp_path):
-    run_cli(*FAST, "epochs=1", "hydra.run.dir=run", check=True)
+def test_a_resumed_run_keeps_its_first_command_and_records_paths_in_its_folder(run_main, tmp_path):
+    run_main(*FAST, "epochs=1", "hydra.run.dir=run", check=True)
     first = read_record(tmp_path / "run")
-    run_cli(*FAST, "epochs=2", "load_model=latest", "hydra.run.dir=run", check=True)
+    run_main(*FAST, "epochs=2", "load_model=latest", "hydra.run.dir=run", check=True)
     run = tmp_path / "run"
     assert yaml.safe_load((run / ".hydra.1" / "overrides.yaml").read_text()) == [*FAST, "epochs=1"]  # hydra.* not recorded
     assert yaml.safe_load((run / ".hydra" / "overrides.yaml").read_text()) == [*FAST, "epochs=2", "load_model=latest"]

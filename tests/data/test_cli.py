@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import subprocess
-import sys
 
-CLI = [sys.executable, "-c", "import sys; from cellmap_train.cli import main; sys.exit(main())"]
+from inprocess import run_module
 
 
 def run(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=120)
+    """`python -m cellmap_train.cli ARGS` (the console script's entry), in this process."""
+    return run_module("cellmap_train.cli", *args)
 
 
 def test_overrides_go_to_hydra():

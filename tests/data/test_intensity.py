@@ -137,8 +137,8 @@ def test_bad_arguments_say_which_and_why(make, words):
         make()
 
 
-def test_a_bad_value_on_the_command_line_is_one_line(run_cli, tmp_path):
-    proc = run_cli("experiment=demo", "transforms=intensity", "transforms.train.intensity.noise.p=2",
+def test_a_bad_value_on_the_command_line_is_one_line(run_main, tmp_path):
+    proc = run_main("experiment=demo", "transforms=intensity", "transforms.train.intensity.noise.p=2",
                    f"hydra.run.dir={tmp_path / 'run'}")
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
     assert proc.stderr.strip().splitlines()[-1] == ("cellmap_train: error: transforms.train.intensity.noise: ValueError: "

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from warm_python import command
+from inprocess import run_module
 
 pytestmark = pytest.mark.slow
 
@@ -28,8 +28,7 @@ def runs(demo_cache, tmp_path_factory) -> Path:
     env.pop("HYDRA_FULL_ERROR", None)
 
     def run(name: str, *args: str) -> subprocess.CompletedProcess:
-        proc = subprocess.run(command("cellmap_train", *TINY, f"hydra.run.dir={name}", *args),
-                              cwd=folder, env=env, capture_output=True, text=True, timeout=600)
+        proc = run_module("cellmap_train", *TINY, f"hydra.run.dir={name}", *args, cwd=folder, env=env)  # in this process
         assert proc.returncode == 0, f"exit {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
         return proc
 

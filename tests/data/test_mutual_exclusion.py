@@ -98,7 +98,7 @@ def test_mutual_exclusion_must_be_a_bool(demo_root, tmp_path, bad):
 
 
 @pytest.mark.slow
-def test_a_run_trains_with_inferred_negatives(run_cli, tmp_path):
-    proc = run_cli("experiment=demo", "debug=fast", "data.mutual_exclusion=true", "hydra.run.dir=run", check=True)
+def test_a_run_trains_with_inferred_negatives(run_main, tmp_path):
+    proc = run_main("experiment=demo", "debug=fast", "data.mutual_exclusion=true", "hydra.run.dir=run", check=True)
     assert "Checkpoint:" in proc.stdout and "mutual_exclusion" not in proc.stderr  # nuc, er, mito: nothing to warn of
     assert "mutual_exclusion: true" in (tmp_path / "run" / ".hydra" / "config.yaml").read_text()

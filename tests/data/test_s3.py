@@ -27,8 +27,8 @@ def test_datasplit_and_reads_through_a_configured_endpoint(s3_endpoint, s3_demo_
 
 
 @pytest.mark.slow
-def test_demo_experiment_trains_from_s3(run_cli, s3_endpoint, s3_demo_bucket, tmp_path):
-    proc = run_cli("experiment=demo", "data=cellmap_s3", f"paths.s3_dir={s3_demo_bucket}", "trainer=smoke",
+def test_demo_experiment_trains_from_s3(run_main, s3_endpoint, s3_demo_bucket, tmp_path):
+    proc = run_main("experiment=demo", "data=cellmap_s3", f"paths.s3_dir={s3_demo_bucket}", "trainer=smoke",
                    "hydra.run.dir=run", env={"AWS_ENDPOINT_URL": s3_endpoint})
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "Validation Dice" in proc.stdout
@@ -84,9 +84,11 @@ def test_loader_workers_read_chunks_without_reopening_any_metadata(compose_cfg, 
 def test_local_s3_serves_the_demo_data_until_ctrl_c(demo_cache):
     """`python -m cellmap_train.data.local_s3`: what the README offers to try S3 without a bucket."""
     import os
+    import queue
     import signal
     import subprocess
     import sys
+    import threading
     import urllib.request
 
     import s3fs
@@ -94,16 +96,20 @@ def test_local_s3_serves_the_demo_data_until_ctrl_c(demo_cache):
     server = subprocess.Popen([sys.executable, "-m", "cellmap_train.data.local_s3"],
                               env={**os.environ, "CELLMAP_TRAIN_DEMO_DIR": str(demo_cache)},
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines: queue.Queue = queue.Queue()  # read by a thread: a server that stops writing fails the test, never hangs it
+    reader = threading.Thread(target=lambda: [lines.put(line) for line in server.stdout], daemon=True)
+    reader.start()
     try:
-        first = server.stdout.readline()
+        first = lines.get(timeout=300)
         match = re.search(r"at (http://127\.0\.0\.1:\d+); train on it with", first)
-        assert match, first + server.stdout.read()
-        assert "data=cellmap_s3 paths.s3_dir=s3://cellmap-demo" in server.stdout.readline()
+        assert match, first
+        assert "data=cellmap_s3 paths.s3_dir=s3://cellmap-demo" in lines.get(timeout=60)
         fs = s3fs.S3FileSystem(anon=True, client_kwargs={"endpoint_url": match.group(1)}, skip_instance_cache=True)
         assert fs.cat("cellmap-demo/jrc_demo-1/jrc_demo-1.zarr/.zgroup") == b'{\n  "zarr_format": 2\n}'
         server.send_signal(signal.SIGINT)
         assert server.wait(timeout=30) == 0
-        assert "server stopped" in server.stdout.read()
+        reader.join(timeout=30)  # the pipe is closed: the rest of the output is in the queue
+        assert "server stopped" in "".join(lines.get_nowait() for _ in range(lines.qsize()))
         with pytest.raises(OSError):  # moto is gone with it
             urllib.request.urlopen(match.group(1), timeout=2)
     finally:

@@ -7,12 +7,12 @@ import contextlib
 import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-from warm_python import command
 
 pytestmark = pytest.mark.slow
 
@@ -29,7 +29,7 @@ def cli(demo_cache, tmp_path_factory):
     def run(run: str, *args: str) -> subprocess.CompletedProcess:
         env = {**os.environ, "CELLMAP_TRAIN_DEMO_DIR": str(demo_cache), "PYTHONUNBUFFERED": "1"}
         env.pop("HYDRA_FULL_ERROR", None)
-        return subprocess.run(command("cellmap_train", *TINY, f"hydra.run.dir={run}", *args),
+        return subprocess.run([sys.executable, "-m", "cellmap_train", *TINY, f"hydra.run.dir={run}", *args],
                               cwd=folder, env=env, capture_output=True, text=True, timeout=600)
 
     run.folder = folder

@@ -218,14 +218,14 @@ def hparams(log_dir, keys=("init_from", "freeze")) -> dict:
     raise AssertionError(f"no hparams under {log_dir}")
 
 
-def test_fine_tuning_runs_resume_freeze_and_conflicts(run_cli, tmp_path):
+def test_fine_tuning_runs_resume_freeze_and_conflicts(run_main, tmp_path):
     """A run that resumes uses its own checkpoint, not init_from; a run from init_from with
     everything but the output layer frozen changes only that layer; init_from with
     model_to_load is refused."""
     base = ["experiment=demo", "trainer=smoke", "trainer.progress_bar=false"]
-    run_cli(*base, "hydra.run.dir=first", check=True)
+    run_main(*base, "hydra.run.dir=first", check=True)
     first = tmp_path / "first" / "checkpoints" / "2d_unet_1.pth"
-    proc = run_cli(*base, "hydra.run.dir=tuned", f"init_from={first}", "freeze=[down,up,merge]", "lr=1e-2", check=True)
+    proc = run_main(*base, "hydra.run.dir=tuned", f"init_from={first}", "freeze=[down,up,merge]", "lr=1e-2", check=True)
     assert "Frozen: down, up, merge (" in proc.stdout
     before, after = (torch.load(path, weights_only=True)["model"] for path in (first, tmp_path / "tuned/checkpoints/2d_unet_1.pth"))
     # nothing else moves: the frozen batch norms' running statistics neither
@@ -233,15 +233,15 @@ def test_fine_tuning_runs_resume_freeze_and_conflicts(run_cli, tmp_path):
     assert hparams(tmp_path / "tuned" / "tensorboard") == {"init_from": str(first), "freeze": "down,up,merge"}
     weights_only = tmp_path / "weights.pth"  # the challenge's format, its classes named on the command line
     torch.save(before, weights_only)
-    proc = run_cli(*base, "hydra.run.dir=named", f"init_from={weights_only}", "init_from_classes=[nuc,er,mito]",
+    proc = run_main(*base, "hydra.run.dir=named", f"init_from={weights_only}", "init_from_classes=[nuc,er,mito]",
                    "classes=[mito,nuc]", "lr=1e-12", "epochs=1", "iterations_per_epoch=1", check=True)
     assert "trained on nuc, er, mito, as init_from_classes says): output channels of mito, nuc taken from it." in proc.stdout
     named = torch.load(tmp_path / "named" / "checkpoints" / "2d_unet_1.pth", weights_only=True)["model"]
     torch.testing.assert_close(named["head.weight"], before["head.weight"][[2, 0]])  # one step at lr 1e-12 moves nothing
-    proc = run_cli(*base, "hydra.run.dir=first", "load_model=latest", "epochs=2", f"init_from={first}", check=True)
+    proc = run_main(*base, "hydra.run.dir=first", "load_model=latest", "epochs=2", f"init_from={first}", check=True)
     assert f"init_from={first} not used: the run continues from its own checkpoint" in proc.stdout
     assert "Resumed from" in proc.stdout
-    proc = run_cli(*base, "hydra.run.dir=second", "load_model=latest", f"init_from={first}", "model_to_load=other")
+    proc = run_main(*base, "hydra.run.dir=second", "load_model=latest", f"init_from={first}", "model_to_load=other")
     assert proc.returncode == 1
     assert proc.stderr.strip().splitlines()[-1] == (f"cellmap_train: error: init_from={first} and model_to_load=other "
                                                      "both say where the weights come from: set one of them")

@@ -24,23 +24,25 @@ model_name = "2d_unet"
 """
 
 
-def csc(run_cli, *args: str, cwd: Path) -> subprocess.CompletedProcess:
-    return run_cli("train", *args, module="cellmap_train.legacy.cli", cwd=cwd)
+def csc(run_main, *args: str, cwd: Path) -> subprocess.CompletedProcess:
+    """`python -m cellmap_train.legacy.cli train ARGS`: translated in this process (tests/inprocess.py),
+    trained in the real `python -m cellmap_train` process that `csc train` starts."""
+    return run_main("train", *args, module="cellmap_train.legacy.cli", cwd=cwd)
 
 
 @pytest.mark.slow
-def test_running_csc_train_again_resumes_in_the_config_folder(run_cli, tmp_path):
+def test_running_csc_train_again_resumes_in_the_config_folder(run_main, tmp_path):
     folder = tmp_path / "experiment"
     folder.mkdir()
     (folder / "config.py").write_text(CONFIG)
     elsewhere = tmp_path / "cwd"  # run from another folder: the run folder is the config's all the same
     elsewhere.mkdir()
-    first = csc(run_cli, str(folder / "config.py"), *SMALL, "epochs=1", cwd=elsewhere)
+    first = csc(run_main, str(folder / "config.py"), *SMALL, "epochs=1", cwd=elsewhere)
     assert first.returncode == 0, first.stderr[-3000:]
     assert f"csc train: run folder {folder} (the config file's folder)" in first.stderr
     assert (folder / "checkpoints" / "2d_unet_1.pth").is_file() and (folder / "datasplit.csv").is_file()
     assert (folder / "tensorboard" / "2d_unet").is_dir()
-    second = csc(run_cli, str(folder / "config.py"), *SMALL, "epochs=2", cwd=elsewhere)
+    second = csc(run_main, str(folder / "config.py"), *SMALL, "epochs=2", cwd=elsewhere)
     assert second.returncode == 0, second.stderr[-3000:]
     assert f"Resumed from {folder / 'checkpoints' / '2d_unet_1.pth'} (epoch 1, step 2)" in second.stdout
     assert "epoch 2/2" in second.stdout + second.stderr and "epoch 1/2" not in second.stdout + second.stderr
@@ -49,21 +51,21 @@ def test_running_csc_train_again_resumes_in_the_config_folder(run_cli, tmp_path)
 
 
 @pytest.mark.slow
-def test_base_experiment_path_is_the_run_folder(run_cli, tmp_path):
+def test_base_experiment_path_is_the_run_folder(run_main, tmp_path):
     folder = tmp_path / "experiment"
     folder.mkdir()
     (folder / "config.py").write_text(CONFIG + 'base_experiment_path = "runs/first"\n')
-    proc = csc(run_cli, str(folder / "config.py"), *SMALL, "epochs=1", cwd=tmp_path)
+    proc = csc(run_main, str(folder / "config.py"), *SMALL, "epochs=1", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     run = folder / "runs" / "first"
     assert f"csc train: run folder {run} (base_experiment_path)" in proc.stderr
     assert (run / "checkpoints" / "2d_unet_1.pth").is_file() and (run / "datasplit.csv").is_file()
 
 
-def test_a_model_nothing_here_builds_stops_before_any_data_is_read(run_cli, tmp_path):
+def test_a_model_nothing_here_builds_stops_before_any_data_is_read(run_main, tmp_path):
     config = tmp_path / "config.py"
     config.write_text('model_name = "mednext"\nmodel_kwargs = {"kernel_size": 3}\n')
-    proc = csc(run_cli, str(config), "data=demo", cwd=tmp_path)
+    proc = csc(run_main, str(config), "data=demo", cwd=tmp_path)
     assert proc.returncode == 2
     last = proc.stderr.strip().splitlines()[-1]
     assert last.startswith(f"csc train: error: {config}:1: model_name: 'mednext' is no model the challenge builds")
@@ -71,10 +73,10 @@ def test_a_model_nothing_here_builds_stops_before_any_data_is_read(run_cli, tmp_
     assert sorted(p.name for p in tmp_path.iterdir()) == ["config.py"]  # nothing read, nothing written
 
 
-def test_an_unmapped_model_trains_once_its_class_is_named(run_cli, tmp_path):
+def test_an_unmapped_model_trains_once_its_class_is_named(run_main, tmp_path):
     config = tmp_path / "config.py"
     config.write_text(CONFIG.replace('"2d_unet"', '"mednext"') + 'model_kwargs = {"kernel_size": 3, "padding": 1}\n')
-    proc = csc(run_cli, str(config), "model._target_=torch.nn.Conv2d", *SMALL[:2], *SMALL[4:], "epochs=1",
+    proc = csc(run_main, str(config), "model._target_=torch.nn.Conv2d", *SMALL[:2], *SMALL[4:], "epochs=1",
                f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert (tmp_path / "run" / "checkpoints" / "mednext_1.pth").is_file()

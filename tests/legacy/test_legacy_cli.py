@@ -1,8 +1,10 @@
 """`cellmap-train translate` and `csc train` end to end: malformed files exit 2 with one line,
-the file is never run unless --allow-exec, outputs compose in a real `python -m cellmap_train`."""
+the file is never run unless --allow-exec, outputs compose in `python -m cellmap_train` (run in
+this process, tests/inprocess.py; a real process where the shell is the point)."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -11,6 +13,7 @@ import pytest
 import yaml
 
 from cellmap_train.legacy import overrides
+from inprocess import run_module
 from cellmap_train.legacy.tested_classes import TESTED_CLASSES
 
 HERE = Path(__file__).parent
@@ -19,10 +22,8 @@ EXAMPLES = HERE.parents[1] / "examples"
 
 
 def translate(*args: str, env: dict | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess:
-    import os
-
-    return subprocess.run([sys.executable, "-m", "cellmap_train.cli", "translate", *args], capture_output=True, text=True,
-                          env={**os.environ, **(env or {})}, cwd=cwd, timeout=120)
+    """`python -m cellmap_train.cli translate ARGS`, in this process (tests/inprocess.py)."""
+    return run_module("cellmap_train.cli", "translate", *args, env={**os.environ, **(env or {})}, cwd=cwd)
 
 
 BAD_FILES = [
@@ -58,7 +59,9 @@ def test_bad_files_exit_2_with_one_line(tmp_path, monkeypatch, capsys, name, lin
 
 
 def test_bad_file_through_the_installed_command_has_no_traceback():
-    proc = translate(str(MALFORMED / "syntax_error.py"))
+    """A real process: the one-line contract as the shell sees it."""
+    proc = subprocess.run([sys.executable, "-m", "cellmap_train.cli", "translate", str(MALFORMED / "syntax_error.py")],
+                          capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and proc.stdout == "" and "Traceback" not in proc.stderr
     assert proc.stderr.strip().splitlines() == [f"cellmap-train translate: error: {MALFORMED / 'syntax_error.py'}:2: syntax: '(' was never closed"]
 
@@ -90,9 +93,9 @@ def test_allow_exec_never_takes_this_machines_device_or_gpu_count():
     assert "exec_device_idiom.py:10: device: depends on torch.cuda.is_available()" in lines.stderr
 
 
-def test_csc_train_allow_exec_trains_a_model_defined_in_the_file(run_cli, tmp_path):
+def test_csc_train_allow_exec_trains_a_model_defined_in_the_file(run_main, tmp_path):
     marker = tmp_path / "marker.txt"
-    proc = run_cli("train", "--allow-exec", str(MALFORMED / "model_defined_here.py"), "data=demo", "trainer=smoke",
+    proc = run_main("train", "--allow-exec", str(MALFORMED / "model_defined_here.py"), "data=demo", "trainer=smoke",
                    "device=cpu", "load_model=null", "batch_size=2", "input_array_info={shape:[1,32,32],scale:[8,8,8]}",
                    "data.dataloader_kwargs={num_workers:0,persistent_workers:false,prefetch_factor:null}",
                    f"hydra.run.dir={tmp_path / 'run'}", module="cellmap_train.legacy.cli",
@@ -101,8 +104,8 @@ def test_csc_train_allow_exec_trains_a_model_defined_in_the_file(run_cli, tmp_pa
     assert (tmp_path / "run" / "checkpoints" / "2d_unet_1.pth").exists() or list((tmp_path / "run" / "checkpoints").glob("*_1.pth"))
 
 
-def composed_job(run_cli, *args: str) -> dict:
-    proc = run_cli(*args, "--cfg", "job", "--resolve", check=True)
+def composed_job(run_main, *args: str) -> dict:
+    proc = run_main(*args, "--cfg", "job", "--resolve", check=True)
     return yaml.safe_load(proc.stdout)
 
 
@@ -118,8 +121,8 @@ def test_shell_substitution_and_cfg_job(run_cli, tmp_path):
 
 
 @pytest.mark.parametrize("name", ["c16_custom_optimizer"])
-def test_cfg_job_through_a_real_process(run_cli, name):
-    job = composed_job(run_cli, *overrides(CONFIGS / f"{name}.py"))
+def test_cfg_job_through_the_entry(run_main, name):
+    job = composed_job(run_main, *overrides(CONFIGS / f"{name}.py"))
     expected = {
         "c13_adamw_instance": lambda j: j["optimizer"]["_target_"] == "torch.optim.AdamW" and j["optimizer"]["lr"] == 1e-3
         and j["optimizer"]["weight_decay"] == 0.05,

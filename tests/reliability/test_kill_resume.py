@@ -18,7 +18,6 @@ import torch
 from cellmap_train.engine.checkpoint import read_checkpoint
 from cellmap_train.engine.pause_hook import ENV, MARKER
 from faults import TINY, stop_line, wait_for_marker
-from warm_python import command
 
 pytestmark = pytest.mark.slow
 EPOCHS = ["epochs=3", "data.dataloader_kwargs.num_workers=1"]
@@ -47,7 +46,7 @@ def reference(tmp_path_factory, demo_cache):
     folder = tmp_path_factory.mktemp("reference")
     env = {**os.environ, "CELLMAP_TRAIN_DEMO_DIR": str(demo_cache)}
     env.pop("HYDRA_FULL_ERROR", None)
-    proc = subprocess.run(command("cellmap_train", *TINY, *EPOCHS, "hydra.run.dir=run"), cwd=folder,
+    proc = subprocess.run([sys.executable, "-m", "cellmap_train", *TINY, *EPOCHS, "hydra.run.dir=run"], cwd=folder,
                           env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return final_weights(folder / "run")

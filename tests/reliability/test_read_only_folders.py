@@ -41,11 +41,11 @@ def read_only(tmp_path):
 
 
 @pytest.mark.parametrize("folder, what", [("checkpoints", "checkpoints"), ("tensorboard", "TensorBoard events")])
-def test_a_read_only_output_folder_stops_the_run_before_training(run_cli, tmp_path, read_only, folder, what):
+def test_a_read_only_output_folder_stops_the_run_before_training(run_main, tmp_path, read_only, folder, what):
     mount, freeze = read_only
     target = mount(tmp_path / "run" / folder)
     freeze(target)
-    proc = run_cli(*ONE_EPOCH)
+    proc = run_main(*ONE_EPOCH)
     assert proc.returncode == 1, proc.stderr[-3000:]
     line = error_line(proc.stderr)
     assert line.startswith(f"cellmap_train: error: {target}") and f"cannot write {what} there: read-only file system" in line
@@ -53,13 +53,13 @@ def test_a_read_only_output_folder_stops_the_run_before_training(run_cli, tmp_pa
     assert json.loads((tmp_path / "run" / "result.json").read_text())["status"] == "failed"
 
 
-def test_resuming_in_a_read_only_run_folder_is_one_line_and_loses_nothing(run_cli, tmp_path, read_only):
+def test_resuming_in_a_read_only_run_folder_is_one_line_and_loses_nothing(run_main, tmp_path, read_only):
     mount, freeze = read_only
     run = mount(tmp_path / "run")
-    assert run_cli(*ONE_EPOCH).returncode == 0
+    assert run_main(*ONE_EPOCH).returncode == 0
     before = {str(p.relative_to(run)): p.read_bytes() for p in run.rglob("*") if p.is_file()}
     freeze(run)
-    proc = run_cli(*[o for o in ONE_EPOCH if o != "epochs=1"], "epochs=2", "load_model=latest")
+    proc = run_main(*[o for o in ONE_EPOCH if o != "epochs=1"], "epochs=2", "load_model=latest")
     assert proc.returncode == 1, proc.stderr[-3000:]
     line = error_line(proc.stderr)
     assert str(run) in line and "read-only file system" in line, line

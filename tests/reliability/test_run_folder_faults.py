@@ -27,13 +27,13 @@ def stamped(folder: Path) -> dict[str, tuple[int, int]]:
 
 
 @pytest.mark.slow
-def test_a_second_run_in_the_folder_stops_before_touching_it_and_kill_9_frees_it(spawn, run_cli, tmp_path):
+def test_a_second_run_in_the_folder_stops_before_touching_it_and_kill_9_frees_it(spawn, run_main, tmp_path):
     first = spawn(*ONE_EPOCH, env={"CELLMAP_TRAIN_TEST_PAUSE_AT": "step"}, new_session=True)  # its own pid, not a fork server's
     try:
         wait_for_marker(first, MARKER)
         before = stamped(tmp_path / "run")
         assert ".hydra/config.yaml" in before and LOCK_FILE in before
-        second = run_cli(*TINY, *ONE_EPOCH, "lr=2e-4")  # another config: its .hydra/ would differ
+        second = run_main(*TINY, *ONE_EPOCH, "lr=2e-4")  # another config: its .hydra/ would differ
         assert second.returncode == 1, second.stderr[-3000:]
         line = error_line(second.stderr)
         assert f"{(tmp_path / 'run').resolve()}: another run is using this folder (pid {first.pid} on " \
@@ -42,7 +42,7 @@ def test_a_second_run_in_the_folder_stops_before_touching_it_and_kill_9_frees_it
     finally:
         first.send_signal(signal.SIGKILL)
         first.wait(timeout=60)
-    third = run_cli(*TINY, *ONE_EPOCH)  # the kernel let the lock go with the killed process
+    third = run_main(*TINY, *ONE_EPOCH)  # the kernel let the lock go with the killed process
     assert third.returncode == 0, third.stderr[-3000:]
     assert (tmp_path / "run" / "checkpoints" / "2d_unet_1.pth").is_file()
 
@@ -97,10 +97,10 @@ def small_disk(tmp_path):
         subprocess.run(["umount", "-l", str(point)], check=False)
 
 
-def test_a_full_disk_at_a_checkpoint_write_is_one_line_keeping_the_earlier_checkpoint(run_cli, tmp_path, small_disk):
+def test_a_full_disk_at_a_checkpoint_write_is_one_line_keeping_the_earlier_checkpoint(run_main, tmp_path, small_disk):
     # one checkpoint of this model is ~455 KB: the first fits in 700 KB, the second (beside it) does not
     disk = small_disk("disk", "700k")
-    proc = run_cli(*TINY, "epochs=3", "data.dataloader_kwargs.num_workers=0", "hydra.run.dir=run",
+    proc = run_main(*TINY, "epochs=3", "data.dataloader_kwargs.num_workers=0", "hydra.run.dir=run",
                    f"model_save_path='{disk}/{{model_name}}_{{epoch}}.pth'")
     assert proc.returncode == 1, proc.stderr[-3000:]
     assert error_line(proc.stderr) == (f"cellmap_train: error: {disk}/2d_unet_2.pth: cannot write: no space left on "
@@ -110,9 +110,9 @@ def test_a_full_disk_at_a_checkpoint_write_is_one_line_keeping_the_earlier_check
     assert '"status": "failed"' in (tmp_path / "run" / "result.json").read_text()
 
 
-def test_a_full_disk_under_the_tensorboard_events_is_one_line(run_cli, tmp_path, small_disk):
+def test_a_full_disk_under_the_tensorboard_events_is_one_line(run_main, tmp_path, small_disk):
     disk = small_disk("events", "64k")  # an epoch's sample images alone take ~220 KB
-    proc = run_cli(*TINY, "epochs=1", "data.dataloader_kwargs.num_workers=0", "hydra.run.dir=run",
+    proc = run_main(*TINY, "epochs=1", "data.dataloader_kwargs.num_workers=0", "hydra.run.dir=run",
                    f"logs_save_path='{disk}/{{model_name}}'")
     assert proc.returncode == 1, proc.stderr[-3000:]
     line = error_line(proc.stderr)
