@@ -30,8 +30,8 @@ from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 
-from cellmap_train.config import config_dir
-from cellmap_train.engine.layout import apply_layout
+from cellmap_train.config.location import config_dir
+from cellmap_train.engine.channels_last import apply_layout
 from cellmap_train.engine.prefetch import DeviceBatches
 from cellmap_train.engine.settings import pick_device, set_backends
 

@@ -58,7 +58,7 @@ def measure(root: Path, split: Path, classes: list[str], label_format: str, args
     from cellmap_train.data import CellMapData
     from cellmap_train.data.transforms import BinarizeLabels, NormalizeRaw, SampleTransforms, SpatialTransform
     from cellmap_train.engine.prefetch import DeviceBatches
-    from cellmap_train.labels import as_float
+    from cellmap_train.data.label_transfer import as_float
 
     target = BinarizeLabels(dtype=label_format)
     data = CellMapData(str(root), split, classes, {"shape": args.shape, "scale": SCALE}, batch_size=args.batch,

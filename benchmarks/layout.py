@@ -18,10 +18,10 @@ import time
 import torch
 from hydra import compose, initialize_config_dir
 
-from cellmap_train.config import config_dir
-from cellmap_train.engine.layout import model_to_channels_last, to_channels_last
+from cellmap_train.config.location import config_dir
+from cellmap_train.engine.channels_last import model_to_channels_last, to_channels_last
 from cellmap_train.engine.settings import wants_cudnn_benchmark
-from cellmap_train.models.build import build_model
+from cellmap_train.config.build import build_model
 
 MODELS = ["2d_unet", "2d_resnet", "3d_unet", "3d_resnet", "vitnet"]
 AMP = {"bf16": torch.bfloat16, "fp16": torch.float16}

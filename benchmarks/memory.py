@@ -58,7 +58,7 @@ def compose(overrides: list[str]):
     from hydra import initialize_config_dir
     from hydra.core.hydra_config import HydraConfig
 
-    from cellmap_train.config import config_dir
+    from cellmap_train.config.location import config_dir
 
     with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
         cfg = hydra_compose("config", overrides=["paths.output_dir=.", "device=cpu", *overrides], return_hydra_config=True)
@@ -73,9 +73,9 @@ def measure(overrides: list[str], steps: int) -> dict:
     import torch
     from hydra.utils import instantiate
 
-    from cellmap_train.engine.layout import apply_layout, to_channels_last
-    from cellmap_train.models.build import build_model
-    from cellmap_train.preflight import check_optimizer_and_scheduler, meta_forward, model_bytes
+    from cellmap_train.engine.channels_last import apply_layout, to_channels_last
+    from cellmap_train.config.build import build_model
+    from cellmap_train.config.preflight import check_optimizer_and_scheduler, meta_forward, model_bytes
 
     cfg = compose(overrides)
     copies = check_optimizer_and_scheduler(cfg)

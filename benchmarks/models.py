@@ -19,10 +19,10 @@ import time
 import torch
 from hydra import compose, initialize_config_dir
 
-from cellmap_train.config import config_dir
-from cellmap_train.engine.layout import apply_layout, to_channels_last, wants_channels_last
+from cellmap_train.config.location import config_dir
+from cellmap_train.engine.channels_last import apply_layout, to_channels_last, wants_channels_last
 from cellmap_train.engine.settings import wants_cudnn_benchmark
-from cellmap_train.models.build import build_model
+from cellmap_train.config.build import build_model
 
 # 2D options on the default [1,128,128] slices, 3D ones on the challenge's train_3D shape
 SHAPES = {"2d_unet": [1, 128, 128], "2d_resnet": [1, 128, 128], "3d_unet": [128, 128, 128],

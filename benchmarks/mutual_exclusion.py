@@ -30,7 +30,7 @@ REPO = Path(__file__).resolve().parents[1]
 def measure(root: Path, split: Path, classes: list[str], shape: list[int], samples: int, mutual_exclusion: bool) -> dict:
     from cellmap_train.data import CellMapData
     from cellmap_train.data.transforms import BinarizeLabels, NormalizeRaw, SampleTransforms, SpatialTransform
-    from cellmap_train.labels import UNKNOWN
+    from cellmap_train.data.label_transfer import UNKNOWN
 
     transforms = SampleTransforms(SpatialTransform(**SPATIAL), NormalizeRaw(), BinarizeLabels())
     data = CellMapData(str(root), split, classes, {"shape": shape, "scale": SCALE}, validation_prob=0.25,

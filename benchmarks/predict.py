@@ -23,11 +23,11 @@ import numpy as np
 import torch
 from hydra import compose, initialize_config_dir
 
-from cellmap_train.config import config_dir
+from cellmap_train.config.location import config_dir
 from cellmap_train.data.demo import DemoSpec, ensure_demo_data
 from cellmap_train.data.transforms import NormalizeRaw
 from cellmap_train.engine.settings import pick_device
-from cellmap_train.models.build import build_model
+from cellmap_train.config.build import build_model
 from cellmap_train.predict.predictor import ModelSpec, PredictOptions, Predictor, model_grid
 from cellmap_train.predict.run import predict_targets
 from cellmap_train.predict.targets import box_target

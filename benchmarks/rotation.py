@@ -35,7 +35,7 @@ CASES = [  # (sample shape, turned about)
 def measure(root: Path, shape, rotate, samples: int) -> dict:
     from cellmap_train.data import CellMapData
     from cellmap_train.data.transforms import BinarizeLabels, NormalizeRaw, SampleTransforms, SpatialTransform
-    from cellmap_train.labels import UNKNOWN
+    from cellmap_train.data.label_transfer import UNKNOWN
 
     sets = {}
     with tempfile.TemporaryDirectory() as tmp:

@@ -103,7 +103,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if command == "datasplit":
         return datasplit_main(argv[1:])
     if command == "runs":
-        from cellmap_train.runs import main as runs_main
+        from cellmap_train.run.listing import main as runs_main
 
         return runs_main(argv[1:])
     if command in ("predict", "evaluate", "pack"):  # lazy: another subsystem

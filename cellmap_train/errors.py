@@ -1,6 +1,13 @@
 """Errors that mean "the user's input is wrong": reported as one line, never with a traceback."""
 
 
+def first_line(err: BaseException, default: str = "") -> str:
+    """The first line of an error's message (libraries' messages run on: tracebacks, hints),
+    `default` when it has none."""
+    text = str(err).strip()
+    return text.splitlines()[0] if text else default
+
+
 class UserError(Exception):
     """Base class: the message names what is wrong and where (file, crop, override, ...)."""
 

@@ -1,7 +1,7 @@
 """Entry point: compose the config, instantiate the objects, hand them to the engine.
 
 What a run leaves behind when it ends, fails or is stopped (its record, its one-line error, a
-sweep's stop) is `job.py`'s."""
+sweep's stop) is `run/outcome.py`'s."""
 
 from __future__ import annotations
 
@@ -14,14 +14,15 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate, to_absolute_path
 from omegaconf import DictConfig, OmegaConf
 
-from cellmap_train.config import (CONFIG_NAME, RUN_STAMP_ENV, apply_command_line_shorthands, check_groups, check_shorthands,
-                                  command_line_overrides, config_dir, run_path)
-from cellmap_train.demo_notice import say_demo_data_by_default
-from cellmap_train.hydra_errors import one_line_hydra_errors
-from cellmap_train.interrupt import StopRequest
-from cellmap_train.job import run_job
-from cellmap_train.run_lock import release
-from cellmap_train.torchrun import is_rank_zero, launched_by_torchrun
+from cellmap_train.config.demo_notice import say_demo_data_by_default
+from cellmap_train.config.hydra_errors import one_line_hydra_errors
+from cellmap_train.config.location import CONFIG_NAME, RUN_STAMP_ENV, config_dir, run_path
+from cellmap_train.config.shorthands import (apply_command_line_shorthands, check_groups, check_shorthands,
+                                             command_line_overrides)
+from cellmap_train.host.stop_request import StopRequest
+from cellmap_train.host.torchrun import is_rank_zero, launched_by_torchrun
+from cellmap_train.run.lock import release
+from cellmap_train.run.outcome import run_job
 
 # torch and everything built on it (~2 s to import) load when a run starts, not when Hydra reads
 # the command line: --help, a mistyped override and the process that launches a --multirun's
@@ -36,9 +37,9 @@ def train(cfg: DictConfig, stop: StopRequest | None = None) -> FitResult:
     apply_command_line_shorthands(cfg, command_line_overrides())
     from cellmap_train.engine import distributed, fit, seed_everything
     from cellmap_train.engine.checkpointer import Checkpointer
-    from cellmap_train.models.build import build_model, freeze_parameters
-    from cellmap_train.memory import available_bytes
-    from cellmap_train.preflight import (check_init_from, check_memory, check_model_shape, check_numeric_options,
+    from cellmap_train.config.build import build_model, freeze_parameters
+    from cellmap_train.host.memory import available_bytes
+    from cellmap_train.config.preflight import (check_init_from, check_memory, check_model_shape, check_numeric_options,
                                          check_optimizer_and_scheduler, check_output_fits_labels,
                                          check_outputs_writable, check_run_folder, meta_forward)
 
@@ -97,7 +98,7 @@ def start_from(model, cfg: DictConfig, checkpointer, output_layer: str | None) -
 
 def locate_init_from(source: str):
     """The checkpoint file that init_from's `source` stands for (a run folder: its best one)."""
-    from cellmap_train.run_folder import checkpoint_of
+    from cellmap_train.run.init_from import checkpoint_of
 
     path, how = checkpoint_of(to_absolute_path(source))
     if how and is_rank_zero():

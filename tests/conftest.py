@@ -21,7 +21,7 @@ def pytest_xdist_auto_num_workers(config):
     waits (on a signal, a paused step, a retry's back-off); --maxprocesses caps it. On a 2-core VM
     whose speed drifts the suite took 769 and 847 s with 3 test processes, 843 and 987 s with 2
     (vmstat: 3 % of the CPU idle against 7 %)."""
-    from cellmap_train.cores import usable_cores
+    from cellmap_train.host.cores import usable_cores
 
     return usable_cores() + 1
 
@@ -31,7 +31,7 @@ def pytest_configure(config):
     threads. Left at torch's default (every core) the test processes' runs oversubscribe the cores,
     and OpenMP threads spinning for each other made two demo runs side by side 3.6x slower."""
     if "PYTEST_XDIST_WORKER" in os.environ:  # not in xdist's controller: its workers would inherit its value
-        from cellmap_train.cores import usable_cores
+        from cellmap_train.host.cores import usable_cores
 
         workers = int(os.environ["PYTEST_XDIST_WORKER_COUNT"])
         os.environ.setdefault("OMP_NUM_THREADS", str(max(1, usable_cores() // workers)))
@@ -117,7 +117,7 @@ def compose_cfg(tmp_path):
     from hydra import compose, initialize_config_dir
     from hydra.core.hydra_config import HydraConfig
 
-    from cellmap_train.config import config_dir
+    from cellmap_train.config.location import config_dir
 
     def compose_with(*overrides: str):
         with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):

@@ -8,7 +8,7 @@ import pytest
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from cellmap_train.config import config_dir
+from cellmap_train.config.location import config_dir
 
 CONF = Path(config_dir())
 GROUPS = ["model", "data", "transforms", "optimizer", "scheduler", "loss", "trainer", "logger", "experiment", "debug"]
@@ -54,7 +54,7 @@ def test_preflight_passes_every_shipped_combination(compose_cfg, optimizer, sche
     """The checks that build the optimizer and scheduler on a stand-in and read the loss options
     raise for bad values only (tests/reliability/test_bad_config.py), never for a shipped option,
     even at one step (OneCycleLR counts its steps)."""
-    from cellmap_train.preflight import check_numeric_options, check_optimizer_and_scheduler
+    from cellmap_train.config.preflight import check_numeric_options, check_optimizer_and_scheduler
 
     cfg = compose_cfg("experiment=demo", f"optimizer={optimizer}", f"scheduler={scheduler}", f"loss={loss}",
                       "epochs=1", "iterations_per_epoch=1", "loss.pos_weight=[1,2,3]" if loss != "dice" else "lr=0.1")

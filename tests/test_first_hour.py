@@ -110,7 +110,7 @@ def _read_all(fd: int, into: bytearray) -> None:
     (["data=cellmap_s3"], False),
 ])
 def test_the_demo_notice_only_when_data_is_left_at_its_default(compose_cfg, overrides, said):
-    from cellmap_train.demo_notice import demo_notice
+    from cellmap_train.config.demo_notice import demo_notice
 
     notice = demo_notice(compose_cfg(*overrides).hydra)
     assert (notice is not None and notice.startswith(NOTICE)) is said
@@ -119,7 +119,7 @@ def test_the_demo_notice_only_when_data_is_left_at_its_default(compose_cfg, over
 def test_a_sweep_says_it_in_its_first_job_only(compose_cfg):
     from hydra.types import RunMode
 
-    from cellmap_train.demo_notice import demo_notice
+    from cellmap_train.config.demo_notice import demo_notice
 
     cfg = compose_cfg()
     assert demo_notice(set_hydra(cfg, mode=RunMode.MULTIRUN, **{"job.num": 0}).hydra)
@@ -142,7 +142,7 @@ def set_hydra(cfg, **values):
 
 def test_run_log_writes_on_rank_zero_only_and_lets_the_streams_go_at_the_job_end(compose_cfg, tmp_path,
                                                                                monkeypatch, capsys):
-    from cellmap_train.run_log import RunLog
+    from cellmap_train.run.log import RunLog
 
     cfg = set_hydra(compose_cfg(), **{"runtime.output_dir": str(tmp_path), "job.name": "train"})
     monkeypatch.setenv("WORLD_SIZE", "2")
@@ -168,7 +168,7 @@ def test_run_log_writes_on_rank_zero_only_and_lets_the_streams_go_at_the_job_end
 def test_a_log_that_cannot_be_written_leaves_the_run_to_report_it(compose_cfg, tmp_path):
     """A run folder where train.log cannot be opened (here: a folder in its place): no log, no error
     from the callback; the run's own writes stop it in one line naming the file."""
-    from cellmap_train.run_log import RunLog
+    from cellmap_train.run.log import RunLog
 
     (tmp_path / "train.log").mkdir()
     cfg = set_hydra(compose_cfg(), **{"runtime.output_dir": str(tmp_path), "job.name": "train"})

@@ -10,10 +10,10 @@ import os
 
 import pytest
 
-from cellmap_train.cores import usable_cores
+from cellmap_train.host.cores import usable_cores
 from cellmap_train.errors import ConfigError
-from cellmap_train.memory import available_bytes
-from cellmap_train.preflight import (batch_bytes, batches_in_flight, check_memory, check_optimizer_and_scheduler,
+from cellmap_train.host.memory import available_bytes
+from cellmap_train.config.preflight import (batch_bytes, batches_in_flight, check_memory, check_optimizer_and_scheduler,
                                     chunk_caches, meta_forward)
 
 GIB = 2**30
@@ -110,11 +110,11 @@ def test_a_batch_whose_activations_exceed_the_memory_is_refused(demo_cfg):
 def test_a_batch_that_may_not_fit_is_a_warning(demo_cfg, caplog):
     meta = meta_forward(demo_cfg)
     need = floor(demo_cfg, meta)
-    with caplog.at_level(logging.WARNING, logger="cellmap_train.preflight"):
+    with caplog.at_level(logging.WARNING, logger="cellmap_train.config.preflight"):
         check_memory(demo_cfg, meta, need + 1, 2)  # more than the floor, less than a step has ever taken
     assert "it may run out" in caplog.text
     caplog.clear()
-    with caplog.at_level(logging.WARNING, logger="cellmap_train.preflight"):
+    with caplog.at_level(logging.WARNING, logger="cellmap_train.config.preflight"):
         check_memory(demo_cfg, meta, need * 4 + chunk_caches(demo_cfg)[1], 2)
     assert caplog.text == ""
 
@@ -131,12 +131,12 @@ def test_chunk_caches_of_every_loading_process_count_in_the_warning(compose_cfg,
     meta = meta_forward(cfg)
     step = floor(cfg, meta) * 4  # above a step's most; the small model's step is far below 1 GiB
     assert step < GIB / 4
-    with caplog.at_level(logging.WARNING, logger="cellmap_train.preflight"):
+    with caplog.at_level(logging.WARNING, logger="cellmap_train.config.preflight"):
         check_memory(cfg, meta, step, 2)
     assert "and up to 1.0 GiB of decoded chunks (data.chunk_cache_mb=256 in each of 4 loading processes), and " \
            in caplog.text and caplog.text.rstrip().endswith("or a smaller data.chunk_cache_mb")
     caplog.clear()
-    with caplog.at_level(logging.WARNING, logger="cellmap_train.preflight"):
+    with caplog.at_level(logging.WARNING, logger="cellmap_train.config.preflight"):
         check_memory(cfg, meta, step + GIB, 2)
     assert caplog.text == ""
 
@@ -212,7 +212,7 @@ def test_the_estimate_is_at_most_what_backward_keeps(compose_cfg, model):
     estimate must not exceed it."""
     import torch
 
-    from cellmap_train.models.build import build_model
+    from cellmap_train.config.build import build_model
 
     cfg = compose_cfg("experiment=demo", f"model={model}")
     meta = meta_forward(cfg)
@@ -235,7 +235,7 @@ def test_the_estimate_is_at_most_what_backward_keeps(compose_cfg, model):
 
 
 def test_every_job_of_a_parallel_sweep_counts(compose_cfg, monkeypatch):
-    monkeypatch.setattr("cellmap_train.config.usable_cores", lambda: 8)
+    monkeypatch.setattr("cellmap_train.config.resolvers.usable_cores", lambda: 8)
     cfg = compose_cfg("experiment=demo", "device=cpu", "batch_size=4", "hydra/launcher=parallel", "hydra.launcher.n_jobs=3")
     meta = meta_forward(cfg)
     with pytest.raises(ConfigError, match=r"with batch_size=4 on 3 parallel jobs needs at least .* run fewer jobs at "
@@ -276,7 +276,7 @@ def test_a_cpu_quota_above_the_process_caps_the_cores(tmp_path, monkeypatch):
 
 
 def test_parallel_jobs_share_the_cores_the_affinity_allows(compose_cfg, monkeypatch):
-    from cellmap_train.config import threads_per_job
+    from cellmap_train.config.resolvers import threads_per_job
 
     monkeypatch.setattr("os.cpu_count", lambda: 64)
     monkeypatch.setattr("os.sched_getaffinity", lambda pid: set(range(8)))  # taskset / a Slurm task's binding

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from cellmap_train.errors import CheckpointError
-from cellmap_train.run_folder import checkpoint_of
+from cellmap_train.run.init_from import checkpoint_of
 from cellmap_train.run.record import write_record
 
 

@@ -8,7 +8,7 @@ import sys
 
 import yaml
 
-from cellmap_train.runs import main, ranked, run_rows, select, shown
+from cellmap_train.run.listing import main, ranked, run_rows, shown
 from cellmap_train.run.record import write_record
 
 CLI = [sys.executable, "-c", "import sys; from cellmap_train.cli import main; sys.exit(main())"]

@@ -1,7 +1,7 @@
 """A shorthand typed on the command line reaches its setting even when a preset wrote that
 setting itself (`trainer=smoke` sets `epochs: 1`): the user's value is used, and said."""
 
-from cellmap_train.config import apply_command_line_shorthands
+from cellmap_train.config.shorthands import apply_command_line_shorthands
 
 
 def test_a_typed_shorthand_wins_over_a_preset_and_says_so(compose_cfg, caplog):

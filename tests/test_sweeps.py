@@ -8,8 +8,8 @@ import json
 import pandas as pd
 import pytest
 
-from cellmap_train.cores import usable_cores
-from cellmap_train.runs import ranked, run_rows, select
+from cellmap_train.host.cores import usable_cores
+from cellmap_train.run.listing import ranked, run_rows, select
 
 FAST = ["experiment=demo", "trainer=smoke", "model.base_features=4", "model.depth=2", "batch_size=2",
         "data.dataloader_kwargs.num_workers=0"]

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from cellmap_train.runs import ranked, run_rows
+from cellmap_train.run.listing import ranked, run_rows
 
 
 def event_tags(log_dir: Path) -> set[str]:

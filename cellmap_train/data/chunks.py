@@ -207,15 +207,17 @@ class ChunkReader:
         """The files of the chunks of box `src` that are not in the cache: what reading it fetches."""
         return [self.chunk_path(coords) for coords in chunk_coords(src, self.chunks) if (self.fs_path, coords) not in self.cache]
 
-    def read(self, src: tuple[slice, ...], fetched: Mapping[str, Any] | None = None) -> np.ndarray:
-        """The voxels of box `src` (inside the array). Raises ChunkReadError naming the chunk.
+    def read(self, src: tuple[slice, ...], fetched: Mapping[str, Any] | None = None,
+             out: np.ndarray | None = None) -> np.ndarray:
+        """The voxels of box `src` (inside the array), written into `out` when given (a slot of
+        the caller's array: no copy afterwards). Raises ChunkReadError naming the chunk.
         `fetched`: chunk files already fetched (path -> bytes or the error), e.g. by
         ngff.fetch_together; the others are fetched here."""
         # per axis: (chunk index, where its part lands in the box, which part of the chunk)
         axes = [[(i, slice(max(s.start, i * n) - s.start, min(s.stop, (i + 1) * n) - s.start),
                   slice(max(s.start, i * n) - i * n, min(s.stop, (i + 1) * n) - i * n))
                  for i in chunk_range(s, n)] for s, n in zip(src, self.chunks)]
-        out = np.empty(tuple(s.stop - s.start for s in src), dtype=self.dtype)
+        out = np.empty(tuple(s.stop - s.start for s in src), dtype=self.dtype) if out is None else out
         missing = []
         for coords, dst, part in (tuple(zip(*combo)) for combo in itertools.product(*axes)):
             chunk = self.cache.get((self.fs_path, coords))

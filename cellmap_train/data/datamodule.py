@@ -33,7 +33,7 @@ from cellmap_train.data.demo import ensure_demo_data
 from cellmap_train.data.ngff import map_concurrently
 from cellmap_train.data.raw_values import unit_normalized, warn_of_raw_values
 from cellmap_train.data.transforms import SampleTransforms
-from cellmap_train.errors import ConfigError, DataError, UserError
+from cellmap_train.errors import ConfigError, DataError, UserError, first_line
 
 log = logging.getLogger(__name__)
 
@@ -341,7 +341,7 @@ class CellMapData:
         try:
             DataLoader([0], **kwargs)
         except (TypeError, ValueError) as err:
-            raise ConfigError(f"dataloader_kwargs: {str(err).splitlines()[0]}") from None
+            raise ConfigError(f"dataloader_kwargs: {first_line(err)}") from None
         return kwargs
 
     def train_loader(self, start_sample: int = 0, rank: int = 0, world_size: int = 1) -> DataLoader:

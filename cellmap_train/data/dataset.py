@@ -2,7 +2,7 @@
 
 A sample is `raw [1, *S]` (float32) and `labels [C, *S]` where S is the requested shape, with
 a leading 1 dropped for 2D (`[1,H,W]` -> `H,W`). Labels are uint8 with UNKNOWN (255) for voxels
-not annotated once binarized (`cellmap_train/labels.py`), float32 with NaN without a target
+not annotated once binarized (`cellmap_train/data/label_transfer.py`), float32 with NaN without a target
 transform. Stores are opened lazily in each process, so DataLoader workers never share file
 handles or S3 sessions.
 """
@@ -24,7 +24,7 @@ from cellmap_train.data.chunks import ChunkCache
 from cellmap_train.data.class_relations import infer_negatives
 from cellmap_train.data.datasplit import CropEntry
 from cellmap_train.data.ngff import ScaleLevel, coarsest_level, fetch_together, map_concurrently, open_level
-from cellmap_train.data.resample import Placement, onto_grid, place
+from cellmap_train.data.resample import Placement, labels_onto_grid, nearest_span, onto_grid, place
 from cellmap_train.data.transforms import SampleTransforms, SpatialDraw
 from cellmap_train.errors import DataError
 
@@ -154,8 +154,15 @@ class Crop:
         grids: dict = {}  # raw and labels may share a sampling grid
         raw = self._raw.read(self._raw.box_low(boxes.raw.start), boxes.raw.shape, fill=0, fetched=fetched)
         raw = onto_grid(raw, boxes.raw, draw, raw_shape, False, grids)
-        labels = np.full((len(self.classes), *label_shape), np.nan, dtype=np.float32)
+        labels = np.empty((len(self.classes), *label_shape), dtype=np.float32)
+        labels[[c for c, level in enumerate(self._labels.values()) if level is None]] = np.nan  # not annotated
         for (indices, levels), where in zip(self._groups, boxes.labels):
+            if not where.exact:
+                if indices == list(range(indices[0], indices[0] + len(indices))):  # the usual case: in place
+                    resampled_labels(levels, where, fetched, draw, label_shape, labels[indices[0]:indices[0] + len(indices)])
+                else:
+                    labels[indices] = resampled_labels(levels, where, fetched, draw, label_shape)
+                continue
             low = levels[0].box_low(where.start)
             read = np.empty((len(levels), *where.shape), dtype=np.float32)  # each class read into its slot
             for level, slot in zip(levels, read):
@@ -186,6 +193,25 @@ def level_groups(labels: Mapping[str, ScaleLevel | None]) -> list[tuple[list[int
             indices.append(c)
             levels.append(level)
     return list(groups.values())
+
+
+def resampled_labels(levels: Sequence[ScaleLevel], where: Placement, fetched: Mapping[str, Any],
+                     draw: SpatialDraw | None, out_shape: Sequence[int], out: np.ndarray | None = None) -> np.ndarray:
+    """float32 labels [C, *out_shape] of classes read on one grid that the sample is resampled
+    from: only the part of the box that is inside their level and that the nearest voxels can come
+    from is read, as stored (no float copy, no padding), and `resample.labels_onto_grid` gathers
+    the nearest voxels before decoding them."""
+    first, stop = nearest_span(where, draw, out_shape)
+    part = None if np.any(stop <= first) else levels[0].inside(levels[0].box_low(np.add(where.start, first)), stop - first)
+    stored, low = None, None
+    if part is not None:
+        low, src = part
+        low = low + first
+        dtype = np.result_type(*(level.array.dtype for level in levels))
+        stored = np.empty((len(levels), *(s.stop - s.start for s in src)), dtype=dtype)
+        for level, slot in zip(levels, stored):  # each class read into its slot
+            level.read_stored(src, fetched, out=slot)
+    return labels_onto_grid(stored, low, where, draw, out_shape, [level.encoding.decode for level in levels], out)
 
 
 def check_inside(raw: ScaleLevel, labels: Sequence[ScaleLevel], entry: CropEntry) -> None:

@@ -41,11 +41,15 @@ class LabelEncoding:
                        0.0 if absent is None else float(absent), None if present is None else float(present))
         return cls()
 
-    def decode(self, values: np.ndarray) -> np.ndarray:
-        """float32 labels: 0 / 1 (or the stored value) / NaN for unknown."""
-        out = values.astype(np.float32)
+    def decode(self, values: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        """float32 labels: 0 / 1 (or the stored value) / NaN for unknown; written into `out` when
+        given (a slot of the caller's array)."""
+        if out is None:
+            out = values.astype(np.float32)
+        else:
+            np.copyto(out, values, casting="unsafe")
         if self.instance:
-            out = np.where(np.isnan(out), np.nan, (out != self.absent).astype(np.float32))
+            np.copyto(out, np.where(np.isnan(out), np.nan, (out != self.absent).astype(np.float32)))
         else:
             if self.absent != 0:
                 out[values == self.absent] = 0

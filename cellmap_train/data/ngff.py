@@ -160,6 +160,32 @@ class ScaleLevel:
             return None, []
         return self.reader.fs, self.reader.missing(tuple(slice(int(a), int(b)) for a, b in zip(src_lo, src_hi)))
 
+    def inside(self, world_low: Sequence[float], shape: Sequence[int]) -> tuple[np.ndarray, tuple[slice, ...]] | None:
+        """The part of a box (`read`'s arguments) inside the array: the box voxel it starts at,
+        and its voxels in the array (for `read_stored`); None when the box misses the array."""
+        start, src_lo, src_hi = self._box(world_low, shape)
+        if np.any(src_hi <= src_lo):
+            return None
+        return src_lo - start, tuple(slice(int(a), int(b)) for a, b in zip(src_lo, src_hi))
+
+    def read_stored(self, src: tuple[slice, ...], fetched: Mapping[str, Any] | None = None,
+                    out: np.ndarray | None = None) -> np.ndarray:
+        """The voxels `src` of the array (inside it) as stored, written into `out` when given."""
+        try:
+            if self.reader is not None:
+                return self.reader.read(src, fetched, out)
+            values = self.array[src]
+        except ChunkReadError as err:
+            raise DataError(self._describe_chunk_error(err)) from err
+        except Exception as err:
+            if _unreachable(err):  # the store, not the chunk, is at fault: no chunk-by-chunk probing
+                raise DataError(f"{self._chunk_names(src)}: {unreachable_message(err)}") from err
+            raise DataError(self._describe_read_error(src, err)) from err
+        if out is None:
+            return values
+        out[...] = values
+        return out
+
     def _read_box(self, world_low, shape, fill, dtype, convert, fetched=None, out=None) -> np.ndarray:
         """`convert(voxels)` of the part of the box inside the array, padded with `fill` (into
         `out` when given)."""
@@ -170,14 +196,7 @@ class ScaleLevel:
                 return out
             return np.full(tuple(shape), fill, dtype=dtype)
         src = tuple(slice(int(a), int(b)) for a, b in zip(src_lo, src_hi))
-        try:
-            values = convert(self.reader.read(src, fetched) if self.reader is not None else self.array[src])
-        except ChunkReadError as err:
-            raise DataError(self._describe_chunk_error(err)) from err
-        except Exception as err:
-            if _unreachable(err):  # the store, not the chunk, is at fault: no chunk-by-chunk probing
-                raise DataError(f"{self._chunk_names(src)}: {unreachable_message(err)}") from err
-            raise DataError(self._describe_read_error(src, err)) from err
+        values = convert(self.read_stored(src, fetched))
         inside = values.shape == tuple(shape)
         # all inside and a fresh array (not a view of someone's data): no padding copy
         if out is None and inside and values.dtype == dtype and values.base is None:

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from cellmap_train.data.resample import sample_nearest, sampling_grid
-from cellmap_train.labels import UNKNOWN
+from cellmap_train.data.label_transfer import UNKNOWN
 
 AXES = "zyx"
 
@@ -233,7 +233,7 @@ class NormalizeRaw:
 class BinarizeLabels:
     """Values above `threshold` are 1, the rest 0. `dtype: uint8` (the default) marks unknown (NaN)
     voxels UNKNOWN: a quarter of float32's bytes on the way to the device, where the engine turns
-    them into float32 with NaN (`cellmap_train/labels.py`). `dtype: float32` keeps NaN, for
+    them into float32 with NaN (`cellmap_train/data/label_transfer.py`). `dtype: float32` keeps NaN, for
     loaders read outside the engine."""
 
     DTYPES = ("uint8", "float32")

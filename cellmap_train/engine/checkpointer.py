@@ -108,7 +108,7 @@ class Checkpointer:
         """init_from: a new run's weights from another run's checkpoint (`locate` turns the user's
         `source`, a file or a run or sweep folder, into a file). A run that continues from its own
         checkpoint (load_model) does not use it. Returns the line that says what was done."""
-        from cellmap_train.engine.init_weights import init_weights
+        from cellmap_train.engine.warm_start import init_weights
 
         own = self.find()
         if own is not None:

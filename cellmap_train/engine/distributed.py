@@ -13,7 +13,7 @@ from typing import Callable
 import torch
 import torch.distributed as dist
 
-from cellmap_train.torchrun import launched_by_torchrun
+from cellmap_train.host.torchrun import launched_by_torchrun
 
 
 @dataclass(frozen=True)

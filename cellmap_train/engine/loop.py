@@ -28,8 +28,8 @@ from cellmap_train.engine.progress import Progress
 from cellmap_train.engine.run_state import Best, RunState
 from cellmap_train.engine.settings import TrainSettings, pick_device, seed_everything, set_backends
 from cellmap_train.engine.step import StepParts, build_step_parts, train_step
-from cellmap_train.errors import TrainingInterrupted, UserError
-from cellmap_train.interrupt import StopRequest
+from cellmap_train.errors import TrainingInterrupted, UserError, first_line
+from cellmap_train.host.stop_request import StopRequest
 
 
 class OutOfMemory(UserError):
@@ -38,7 +38,7 @@ class OutOfMemory(UserError):
 
 def out_of_memory(err: BaseException) -> OutOfMemory | None:
     """A GPU's out-of-memory error, or a CPU allocation the machine refused, as one line with the way out."""
-    message = str(err).strip().splitlines()[0] if str(err).strip() else ""
+    message = first_line(err)
     if not isinstance(err, torch.OutOfMemoryError) and "can't allocate memory" not in message:
         return None
     return OutOfMemory(f"out of memory ({message}): lower batch_size or input_array_info.shape, or train in "

@@ -6,8 +6,8 @@ from typing import Iterable, Iterator
 
 import torch
 
-from cellmap_train.engine.layout import to_channels_last
-from cellmap_train.labels import as_float
+from cellmap_train.engine.channels_last import to_channels_last
+from cellmap_train.data.label_transfer import as_float
 
 
 class DeviceBatches:
@@ -17,7 +17,7 @@ class DeviceBatches:
     waits on the DataLoader (a few ms per batch to receive it from a worker) while the device
     computes, not between steps while the device idles. On a CPU the order changes nothing.
     With `channels_last`, raw batches are handed over in the layout the model's weights use;
-    uint8 labels arrive as float32 with NaN = unknown (`cellmap_train/labels.py`)."""
+    uint8 labels arrive as float32 with NaN = unknown (`cellmap_train/data/label_transfer.py`)."""
 
     def __init__(self, batches: Iterable, device: torch.device, channels_last: bool = False):
         self.batches: Iterator = iter(batches)

@@ -16,7 +16,7 @@ class Progress:
     returns, so a plain line is printed every `every` steps, and at the first step after
     `every_seconds` without one (a 3D step on a CPU can take seconds: 50 of them were minutes of
     silence). On a terminal the bar is drawn there and the same plain lines go to the run's log
-    file alone, when stdout writes one (`log_only`, see cellmap_train/run_log.py).
+    file alone, when stdout writes one (`log_only`, see cellmap_train/run/log.py).
     `clock` (seconds, monotonic) is there for tests.
     """
 

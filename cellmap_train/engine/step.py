@@ -12,7 +12,7 @@ import torch
 
 from cellmap_train.engine import distributed
 from cellmap_train.engine.checkpointer import TrainingObjects
-from cellmap_train.engine.layout import apply_layout
+from cellmap_train.engine.channels_last import apply_layout
 from cellmap_train.engine.nonfinite import all_finite, first_nonfinite
 from cellmap_train.engine.pause_hook import pause_point
 from cellmap_train.engine.prefetch import DeviceBatches

@@ -16,6 +16,7 @@ from typing import Any, Sequence
 
 from omegaconf import OmegaConf
 
+from cellmap_train.errors import first_line
 from cellmap_train.legacy.fold import PathValue, Unknown, first_unknown
 from cellmap_train.legacy.mapping import READ, build_plan
 from cellmap_train.legacy.plan import Override, Plan
@@ -89,7 +90,7 @@ def fill_from_execution(config: ConfigFile, path: Path) -> None:
 def hydra_context():
     from hydra import initialize_config_dir, initialize_config_module
 
-    from cellmap_train.config import config_dir
+    from cellmap_train.config.location import config_dir
 
     where = config_dir()
     if where.startswith("pkg://"):
@@ -140,7 +141,7 @@ def settle(plan: Plan) -> None:
     try:
         compose_tokens(plan.tokens())
     except Exception as err:  # noqa: BLE001 - Hydra raises several types; all mean "this override is wrong"
-        raise LegacyError(plan.config.path, 0, "overrides", str(err).strip().splitlines()[0]) from None
+        raise LegacyError(plan.config.path, 0, "overrides", first_line(err)) from None
 
 
 # ---- output ------------------------------------------------------------------------------

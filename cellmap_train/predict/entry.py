@@ -12,9 +12,9 @@ import hydra
 from hydra.utils import instantiate, to_absolute_path
 from omegaconf import DictConfig, OmegaConf
 
-from cellmap_train.config import config_dir
-from cellmap_train.errors import ConfigError, UserError
-from cellmap_train.hydra_errors import one_line_hydra_errors
+from cellmap_train.config.location import config_dir
+from cellmap_train.errors import ConfigError, UserError, first_line
+from cellmap_train.config.hydra_errors import one_line_hydra_errors
 
 PROG = "cellmap_train.predict"
 
@@ -23,7 +23,7 @@ def build_predictor(cfg: DictConfig, run):
     """The run's model with its checkpoint's weights on the chosen device, and its raw transform."""
     from cellmap_train.engine.checkpoint import load_weights
     from cellmap_train.engine.settings import pick_device
-    from cellmap_train.models.build import build_model
+    from cellmap_train.config.build import build_model
     from cellmap_train.predict.loading import model_spec
     from cellmap_train.predict.predictor import Predictor, PredictOptions
     from cellmap_train.predict.window import TileRunner
@@ -115,7 +115,7 @@ def run(cfg: DictConfig) -> None:
     except UserError as err:
         if os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise
-        print(f"{PROG}: error: {str(err).strip().splitlines()[0]}", file=sys.stderr)
+        print(f"{PROG}: error: {first_line(err)}", file=sys.stderr)
         sys.exit(1)
 
 

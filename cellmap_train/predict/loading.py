@@ -11,7 +11,7 @@ from cellmap_train.data.array_info import ArrayInfo
 from cellmap_train.engine.checkpoint import is_full, read_checkpoint
 from cellmap_train.errors import CheckpointError, ConfigError
 from cellmap_train.predict.predictor import ModelSpec
-from cellmap_train.run_folder import checkpoint_of
+from cellmap_train.run.init_from import checkpoint_of
 from cellmap_train.run.record import has_record
 
 

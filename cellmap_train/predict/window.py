@@ -162,7 +162,7 @@ class TileRunner:
             batch = batch[:, 0]  # [N, 1, H, W] tiles of a 2D model: the z axis is the slice
         batch = batch[:, None].to(self.device, non_blocking=True)
         if self.channels_last:
-            from cellmap_train.engine.layout import to_channels_last
+            from cellmap_train.engine.channels_last import to_channels_last
 
             batch = to_channels_last(batch)
         total = None

@@ -20,7 +20,7 @@ from cellmap_train.data.ngff import map_concurrently
 from cellmap_train.data.transforms import BinarizeLabels, NormalizeRaw, SampleTransforms, SpatialTransform
 from cellmap_train.engine.prefetch import DeviceBatches
 from cellmap_train.errors import ConfigError, DataError
-from cellmap_train.labels import UNKNOWN, as_float
+from cellmap_train.data.label_transfer import UNKNOWN, as_float
 
 CLASSES = ["nuc", "er", "mito"]
 

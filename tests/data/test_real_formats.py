@@ -23,7 +23,7 @@ from cellmap_train.data.datasplit import CropEntry, read_datasplit, write_datasp
 from cellmap_train.data.demo import multiscales_attrs
 from cellmap_train.data.transforms import BinarizeLabels, NormalizeRaw, SampleTransforms
 from cellmap_train.errors import ConfigError, DataError
-from cellmap_train.labels import UNKNOWN
+from cellmap_train.data.label_transfer import UNKNOWN
 
 RAW = "recon-1/em/fibsem-uint8"
 GT = "recon-1/labels/groundtruth"

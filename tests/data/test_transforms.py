@@ -10,7 +10,7 @@ from hydra.utils import instantiate
 
 from cellmap_train.data.transforms import (BinarizeLabels, NormalizeRaw, SampleTransforms, SpatialTransform,
                                            rotation_margin, rotation_matrix)
-from cellmap_train.labels import UNKNOWN
+from cellmap_train.data.label_transfer import UNKNOWN
 
 RNG = np.random.default_rng(0)
 

@@ -85,9 +85,9 @@ def validate_alone(run, checkpoint: dict):
     from hydra.utils import instantiate
     from omegaconf import OmegaConf
 
-    from cellmap_train.engine.layout import apply_layout
+    from cellmap_train.engine.channels_last import apply_layout
     from cellmap_train.engine.validate import validate
-    from cellmap_train.models.build import build_model
+    from cellmap_train.config.build import build_model
 
     cfg = OmegaConf.create(checkpoint["config"])
     model = build_model(cfg.model, cfg.get("model_kwargs"))

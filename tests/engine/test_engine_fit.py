@@ -122,7 +122,7 @@ def test_a_stop_requested_before_training_stops_at_the_first_step_with_its_check
     # a sweep's job holds the StopRequest from its start: a signal during set-up is already recorded here
     from cellmap_train.engine import fit
     from cellmap_train.engine.losses import MaskedBCELoss
-    from cellmap_train.interrupt import StopRequest
+    from cellmap_train.host.stop_request import StopRequest
 
     model = conv_model()
     with StopRequest() as stop:

@@ -6,11 +6,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from cellmap_train.engine.init_weights import init_weights
+from cellmap_train.engine.warm_start import init_weights
 from cellmap_train.errors import CheckpointError, ConfigError
-from cellmap_train.models.build import freeze_parameters
+from cellmap_train.config.build import freeze_parameters
 from cellmap_train.models.unet import UNet
-from cellmap_train.preflight import meta_forward
+from cellmap_train.config.preflight import meta_forward
 
 SOURCE = ["nuc", "er", "mito"]
 
@@ -41,7 +41,7 @@ def outputs(model: torch.nn.Module) -> torch.Tensor:
 
 @pytest.mark.parametrize("model", ["2d_unet", "3d_unet", "2d_resnet", "3d_resnet", "vitnet"])
 def test_the_output_layer_is_found_for_every_shipped_model(compose_cfg, model):
-    from cellmap_train.models.build import build_model
+    from cellmap_train.config.build import build_model
 
     cfg = compose_cfg("experiment=demo", f"model={model}")
     layer = meta_forward(cfg).output_layer
@@ -137,8 +137,8 @@ def test_init_from_classes_must_agree_with_a_checkpoint_that_names_its_own(sourc
     (["init_from=w.pth", "init_from_classes=[nuc,er,nuc]"], "init_from_classes=['nuc', 'er', 'nuc']: 'nuc' is listed twice"),
 ])
 def test_a_wrong_init_from_classes_is_one_line_before_anything_runs(compose_cfg, overrides, message):
-    from cellmap_train.config import check_shorthands
-    from cellmap_train.preflight import check_init_from
+    from cellmap_train.config.shorthands import check_shorthands
+    from cellmap_train.config.preflight import check_init_from
 
     cfg = compose_cfg("experiment=demo", *overrides)
     with pytest.raises(ConfigError) as err:

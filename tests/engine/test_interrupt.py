@@ -11,7 +11,7 @@ import textwrap
 
 SCRIPT = textwrap.dedent("""
     import os, signal
-    from cellmap_train.interrupt import StopRequest
+    from cellmap_train.host.stop_request import StopRequest
 
     assert signal.getsignal(signal.SIGINT) == signal.SIG_IGN  # inherited: Python installs no handler then
     with StopRequest() as stop:

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from cellmap_train.engine.checkpoint import read_checkpoint
-from cellmap_train.engine.layout import FORMATS, model_to_channels_last, to_channels_last, wants_channels_last
+from cellmap_train.engine.channels_last import FORMATS, model_to_channels_last, to_channels_last, wants_channels_last
 from cellmap_train.models import UNet
 from engine_helpers import fit_tiny
 

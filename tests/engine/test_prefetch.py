@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from cellmap_train.engine.prefetch import DeviceBatches
-from cellmap_train.labels import UNKNOWN
+from cellmap_train.data.label_transfer import UNKNOWN
 
 
 def stream(n: int):

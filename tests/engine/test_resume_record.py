@@ -13,7 +13,7 @@ from cellmap_train.engine import fit
 from cellmap_train.engine.checkpoint import read_checkpoint, save_checkpoint
 from cellmap_train.engine.losses import MaskedBCELoss
 from cellmap_train.errors import TrainingInterrupted
-from cellmap_train.interrupt import StopRequest
+from cellmap_train.host.stop_request import StopRequest
 from engine_helpers import fit_tiny
 
 TIMING = {"throughput/samples_per_s"}

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from cellmap_train.errors import ConfigError
-from cellmap_train.models.build import build_model
+from cellmap_train.config.build import build_model
 
 OPTIONS = ["2d_unet", "2d_resnet", "3d_unet", "3d_resnet", "vitnet"]
 # the sample shape each option is meant for: the default 2D shape, or the challenge's train_3D shape

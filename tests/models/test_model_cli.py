@@ -70,8 +70,8 @@ def test_bad_model_settings_fail_in_one_line(run_main, tmp_path, overrides, mess
 
 @pytest.mark.parametrize("experiment,model,classes", [("train_2D", "2d_unet", 2), ("train_3D", "vitnet", 48)])
 def test_challenge_examples_compose(compose_cfg, experiment, model, classes):
-    from cellmap_train.models.build import build_model
-    from cellmap_train.preflight import check_output_fits_labels, meta_forward
+    from cellmap_train.config.build import build_model
+    from cellmap_train.config.preflight import check_output_fits_labels, meta_forward
 
     cfg = compose_cfg(f"experiment={experiment}")
     assert cfg.hydra.runtime.choices.model == model and len(cfg.classes) == classes

@@ -15,7 +15,7 @@ import pytest
 
 from cellmap_train.engine.checkpoint import read_checkpoint
 from cellmap_train.engine.pause_hook import MARKER
-from cellmap_train.run_lock import LOCK_FILE, RunFolderBusy, hold, release
+from cellmap_train.run.lock import LOCK_FILE, RunFolderBusy, hold, release
 from faults import TINY, error_line, wait_for_marker
 
 ONE_EPOCH = ["epochs=1", "data.dataloader_kwargs.num_workers=0", "hydra.run.dir=run"]
@@ -49,7 +49,7 @@ def test_a_second_run_in_the_folder_stops_before_touching_it_and_kill_9_frees_it
 
 HOLDER = """
 import sys
-from cellmap_train.run_lock import hold
+from cellmap_train.run.lock import hold
 hold(sys.argv[1])
 print("held", flush=True)
 sys.stdin.read()  # until the test closes our stdin
@@ -133,3 +133,13 @@ def test_a_full_disk_at_the_datasplit_or_the_record_names_the_file_and_leaves_no
     with pytest.raises(RunWriteError, match=f"^{disk}/result.json: cannot write: no space left on device$"):
         write_record(disk, {"status": "ok", "notes": "x" * 20000})
     assert sorted(os.listdir(disk)) == ["filler"]
+
+
+def test_a_full_disk_at_the_hydra_config_write_is_one_line(run_main, tmp_path, small_disk):
+    disk = small_disk("disk", "64k")
+    (disk / "filler").write_bytes(b"x" * 56 * 1024)  # room for the run lock's page, not for .hydra/'s files
+    proc = run_main(*TINY, "epochs=1", f"hydra.run.dir={disk}/run")
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    line = error_line(proc.stderr)
+    assert f"{disk}/run/.hydra/" in line and "no space left on device" in line.lower(), line
+    assert not list((disk / "run").rglob("*.tmp-*")) and not (disk / "run" / "checkpoints").exists()

@@ -8,8 +8,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from cellmap_train import cgroup
-from cellmap_train.cgroup import read
+from cellmap_train.host import cgroup
+from cellmap_train.host.cgroup import read
 
 
 def usable_cores(proc: Path | str = "/proc", cgroup_root: Path | str = "/sys/fs/cgroup") -> int:

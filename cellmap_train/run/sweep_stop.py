@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 
 from cellmap_train.files import atomic_write
-from cellmap_train.interrupt import SIGNALS, StopRequest
+from cellmap_train.host.stop_request import SIGNALS, StopRequest
 
 STOP_FILE = ".stopped"
 

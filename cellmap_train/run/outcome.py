@@ -21,13 +21,13 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from cellmap_train import sweep_split, sweep_stop
-from cellmap_train.config import run_path
-from cellmap_train.errors import ConfigError, TrainingInterrupted, UserError
+from cellmap_train.run import sweep_split, sweep_stop
+from cellmap_train.config.location import run_path
+from cellmap_train.errors import ConfigError, TrainingInterrupted, UserError, first_line
 from cellmap_train.files import RunWriteError
-from cellmap_train.interrupt import StopRequest
+from cellmap_train.host.stop_request import StopRequest
 from cellmap_train.run.record import RunRecord, relative_to_run
-from cellmap_train.torchrun import is_rank_zero
+from cellmap_train.host.torchrun import is_rank_zero
 
 if TYPE_CHECKING:  # torch loads when a run starts (see train.py)
     from cellmap_train.engine import FitResult
@@ -103,7 +103,7 @@ def known_failure(err: BaseException) -> str | None:
     if isinstance(err, (UserError, InstantiationException, OmegaConfBaseException)):
         return one_line(err)
     if loader_worker_died(err):
-        return (f"{str(err).strip().splitlines()[0].rstrip('. ')}: a data-loading worker died (out of memory? "
+        return (f"{first_line(err).rstrip('. ')}: a data-loading worker died (out of memory? "
                 f"`dmesg` says); lower data.dataloader_kwargs.num_workers or batch_size; the checkpoints written "
                 f"so far are kept, continue with load_model=latest")
     return None
@@ -142,11 +142,11 @@ def one_line(err: BaseException) -> str:
     """InstantiationException wraps the constructor's error: show the group and the cause."""
     if isinstance(err, InstantiationException):
         cause = err.__cause__ or err
-        message = str(cause).strip().splitlines()[0] if str(cause).strip() else type(cause).__name__
+        message = first_line(cause, type(cause).__name__)
         key = next((line.split(":", 1)[1].strip() for line in str(err).splitlines() if line.startswith("full_key:")), "")
         prefix = f"{key}: " if key else ""
         return prefix + (message if isinstance(cause, UserError) else f"{type(cause).__name__}: {message}")
-    return str(err).strip().splitlines()[0]
+    return first_line(err)
 
 
 def record(result: FitResult | None, cfg: DictConfig, seconds: float, error: str | None = None,

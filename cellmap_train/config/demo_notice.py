@@ -7,7 +7,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from cellmap_train.torchrun import is_rank_zero
+from cellmap_train.host.torchrun import is_rank_zero
 
 
 def say_demo_data_by_default() -> None:

@@ -21,8 +21,8 @@ from typing import Any, Callable, Iterator
 from hydra.errors import HydraException, MissingConfigException, OverrideParseException
 from omegaconf.errors import OmegaConfBaseException
 
-from cellmap_train.config import removed_group_message
-from cellmap_train.errors import UserError
+from cellmap_train.config.shorthands import removed_group_message
+from cellmap_train.errors import UserError, first_line
 
 PROG = "cellmap_train"
 
@@ -58,7 +58,7 @@ def condense(err: BaseException) -> str:
         head += f"{'' if head.endswith('.') else ':'} {lines[1]}"  # e.g. "To append to your config use +key=value"
     cause = err.__cause__
     if isinstance(cause, OmegaConfBaseException) and str(cause).strip():
-        head += f" ({str(cause).strip().splitlines()[0]})"
+        head += f" ({first_line(cause)})"
     return head
 
 
@@ -118,7 +118,7 @@ def _guarded(func: Callable[[], Any]) -> Callable[[], Any]:
             print(f"{PROG}: error: {condense(err)}", file=sys.stderr)
             sys.exit(1)
         except UserError as err:  # raised before the run's own handler: a busy run folder, a record that cannot be written
-            print(f"{PROG}: error: {str(err).strip().splitlines()[0]}", file=sys.stderr)
+            print(f"{PROG}: error: {first_line(err)}", file=sys.stderr)
             sys.exit(1)
         except OSError as err:  # a folder or file that cannot be made or written: an unusable hydra.run.dir, a full disk
             where = (f"{err.filename} -> {err.filename2}" if err.filename2 else err.filename) or _file_written(err)

@@ -14,12 +14,14 @@ import numpy as np
 from hydra.utils import get_object
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from cellmap_train.config import jobs_side_by_side, run_path
+from cellmap_train.config.location import run_path
+
+from cellmap_train.config.resolvers import jobs_side_by_side
 from cellmap_train.data.array_info import ArrayInfo
 from cellmap_train.engine.checkpointer import Checkpointer
-from cellmap_train.errors import ConfigError, UserError
+from cellmap_train.errors import ConfigError, UserError, first_line
 from cellmap_train.files import check_writable
-from cellmap_train.torchrun import is_rank_zero
+from cellmap_train.host.torchrun import is_rank_zero
 
 log = logging.getLogger(__name__)
 # what a training step's activations take over its layers' outputs, measured on the CPU beside the
@@ -27,12 +29,18 @@ log = logging.getLogger(__name__)
 STEP_OVERHEAD = (1.3, 3.9)
 
 
+def sample_infos(cfg: DictConfig) -> tuple[ArrayInfo, ArrayInfo]:
+    """(input, labels) as the checks use them: the one place the config's array infos are parsed
+    (shape and scale well-formed, or one line naming the key); the labels default to the input."""
+    inputs = ArrayInfo.parse(cfg.input_array_info, "input_array_info")
+    target = cfg.get("target_array_info")
+    return inputs, (ArrayInfo.parse(target, "target_array_info") if target is not None else inputs)
+
+
 def check_model_shape(cfg: DictConfig) -> None:
     """Sample shapes and scales are well-formed; a 2D model trains on [1,H,W] (or [H,W]) samples,
     a 3D model on [D,H,W] with D > 1."""
-    for key in ("input_array_info", "target_array_info"):
-        if key in cfg:
-            ArrayInfo.parse(cfg[key], key)  # shape and scale well-formed, or one line naming the key
+    sample_infos(cfg)
     dims = cfg.model.get("spatial_dims") if "model" in cfg else None
     shape = list(cfg.input_array_info.shape)
     if dims not in (2, 3):  # null: the model follows the shape (ViT-V-Net), or a custom model
@@ -149,7 +157,7 @@ def check_optimizer_and_scheduler(cfg: DictConfig) -> int:
         if scheduler is not None:  # one step: a run of one step takes one (OneCycleLR counts them)
             step_epoch_scheduler(scheduler, val_loss=1.0)
     except (ArithmeticError, LookupError, TypeError, ValueError) as err:
-        message = str(err).strip().splitlines()[0] if str(err).strip() else ""
+        message = first_line(err)
         raise ConfigError(f"{group} ({cfg[group].get('_target_')}): {type(err).__name__}: {message}") from err
     # state of the parameter's own shape only (a step counter is not a copy; factored state is less)
     state = optimizer.state.get(stand_in, {})
@@ -162,8 +170,7 @@ def check_output_fits_labels(cfg: DictConfig, meta: MetaRun | None) -> None:
     size (every shipped one), its voxel size too (else `target_array_info.scale` alone would train
     on misaligned labels), and must not reach past the input (the model cannot see there). The
     output shape comes from `meta_forward` (None: a model that cannot run on the meta device)."""
-    inputs = ArrayInfo.parse(cfg.input_array_info, "input_array_info")
-    labels = ArrayInfo.parse(cfg.target_array_info, "target_array_info")
+    inputs, labels = sample_infos(cfg)
     if inputs.is_2d and not labels.is_2d:
         raise ConfigError(f"target_array_info.shape={list(labels.shape)} is 3D but input_array_info.shape="
                           f"{list(inputs.shape)} is 2D: use [1,H,W] for both")
@@ -198,9 +205,9 @@ def meta_forward(cfg: DictConfig) -> MetaRun | None:
     model cannot run there."""
     import torch
 
-    from cellmap_train.models.build import build_model, freeze_parameters
+    from cellmap_train.config.build import build_model, freeze_parameters
 
-    inputs = ArrayInfo.parse(cfg.input_array_info, "input_array_info")
+    inputs, _ = sample_infos(cfg)
     spatial = inputs.shape[1:] if inputs.is_2d else inputs.shape
     kept, last_with_weights = 0, None
 
@@ -310,8 +317,7 @@ def chunk_caches(cfg: DictConfig) -> tuple[int, int]:
 def batch_bytes(cfg: DictConfig) -> int:
     """One training batch as the DataLoader hands it over: float32 raw; labels of one byte a voxel
     and class (BinarizeLabels' uint8), or four (float32: its dtype=float32 or no target transform)."""
-    inputs = ArrayInfo.parse(cfg.input_array_info, "input_array_info")
-    labels = ArrayInfo.parse(cfg.target_array_info, "target_array_info")
+    inputs, labels = sample_infos(cfg)
     target = OmegaConf.select(cfg, "transforms.train.target")
     label_size = 1 if target is not None and target.get("dtype", "uint8") == "uint8" else 4
     raw = int(cfg.model.get("in_channels", 1)) * int(np.prod(inputs.shape)) * 4

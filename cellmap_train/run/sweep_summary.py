@@ -17,7 +17,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 from cellmap_train.run.record import has_record, read_record
-from cellmap_train.sweep_stop import (STOP_FILE, StopSweepOnSignal, jobs_run_in_other_processes_here,
+from cellmap_train.run.sweep_stop import (STOP_FILE, StopSweepOnSignal, jobs_run_in_other_processes_here,
                                      keep_submitit_controllers_out_of_ctrl_c)
 
 if TYPE_CHECKING:  # pandas is imported only when a sweep summary is made: every run's start-up is spared it

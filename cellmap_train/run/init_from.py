@@ -11,7 +11,7 @@ from pathlib import Path
 
 from cellmap_train.errors import CheckpointError
 from cellmap_train.run.record import RESULT_FILE, has_record, read_record
-from cellmap_train.sweep import SUMMARY_FILE
+from cellmap_train.run.sweep_summary import SUMMARY_FILE
 
 
 def checkpoint_of(path: str | Path) -> tuple[Path, str | None]:

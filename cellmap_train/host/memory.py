@@ -7,8 +7,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from cellmap_train import cgroup
-from cellmap_train.cgroup import read
+from cellmap_train.host import cgroup
+from cellmap_train.host.cgroup import read
 
 _NO_LIMIT = 2**60  # cgroup v1 writes "no limit" as a number near 2**63
 

@@ -23,7 +23,7 @@ from typing import IO, Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
-from cellmap_train.torchrun import is_rank_zero
+from cellmap_train.host.torchrun import is_rank_zero
 
 LOG_FORMAT = "[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"  # Hydra's job log format
 

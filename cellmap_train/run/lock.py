@@ -27,7 +27,7 @@ from omegaconf import DictConfig
 
 from cellmap_train.errors import UserError
 from cellmap_train.files import RunWriteError, write_error
-from cellmap_train.torchrun import is_rank_zero
+from cellmap_train.host.torchrun import is_rank_zero
 
 LOCK_FILE = ".cellmap_train.lock"
 _held: dict[str, IO[str]] = {}  # folder -> its open lock file, in this process

@@ -19,9 +19,9 @@ from typing import Sequence
 
 import yaml
 
-from cellmap_train.runs_table import OPTIONAL, cell, common_prefix, fit, short_keys
+from cellmap_train.run.listing_table import OPTIONAL, cell, common_prefix, fit, short_keys
 from cellmap_train.run.record import RESULT_FILE, read_record
-from cellmap_train.sweep import recorded_overrides
+from cellmap_train.run.sweep_summary import recorded_overrides
 
 COLUMNS = ["run", "overrides", "status", "classes", "best_metric_name", "best_metric", "best_epoch", "epochs_done",
            "wall_time_s", "best_checkpoint", "error"]
