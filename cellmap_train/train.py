@@ -39,9 +39,10 @@ def train(cfg: DictConfig, stop: StopRequest | None = None) -> FitResult:
     from cellmap_train.engine.checkpointer import Checkpointer
     from cellmap_train.config.build import build_model, freeze_parameters
     from cellmap_train.host.memory import available_bytes
-    from cellmap_train.config.preflight import (check_init_from, check_memory, check_model_shape, check_numeric_options,
-                                         check_optimizer_and_scheduler, check_output_fits_labels,
-                                         check_outputs_writable, check_run_folder, meta_forward)
+    from cellmap_train.config.preflight import (check_init_from, check_memory, check_model_shape,
+                                                check_numeric_options, check_optimizer_and_scheduler,
+                                                check_output_fits_labels, check_outputs_writable, check_run_folder,
+                                                meta_forward)
 
     check_model_shape(cfg)
     check_numeric_options(cfg)

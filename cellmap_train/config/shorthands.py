@@ -101,13 +101,14 @@ def apply_command_line_shorthands(cfg: DictConfig, overrides: list[str]) -> list
     was typed too. Returns the lines said."""
     typed = {item.split("=", 1)[0].lstrip("+~") for item in overrides if "=" in item}
     lines = []
-    for key in sorted(typed & set(_SHORTHANDS)):
-        home = _HOMES.get(key)
-        if home and home not in typed and OmegaConf.select(cfg, home, throw_on_missing=False) is not None:
-            if _source(cfg, home) != f"${{{key}}}" and OmegaConf.select(cfg, home) != cfg[key]:
-                lines.append(f"{key}={cfg[key]}: used for {home} (the chosen preset set it to "
-                             f"{OmegaConf.select(cfg, home)}); set {home}=... to choose otherwise")
-                OmegaConf.update(cfg, home, cfg[key], merge=False)
+    for key in sorted(typed & set(_HOMES)):
+        home = _HOMES[key]
+        preset = OmegaConf.select(cfg, home, throw_on_missing=False)
+        if home in typed or preset is None or preset == cfg[key] or _source(cfg, home) == f"${{{key}}}":
+            continue
+        lines.append(f"{key}={cfg[key]}: used for {home} (the chosen preset set it to {preset}); "
+                     f"set {home}=... to choose otherwise")
+        OmegaConf.update(cfg, home, cfg[key], merge=False)
     for line in lines:
         log.warning("%s", line)
     return lines

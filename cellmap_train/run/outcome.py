@@ -156,7 +156,7 @@ def record(result: FitResult | None, cfg: DictConfig, seconds: float, error: str
     `seconds`: this process's share; a resumed run adds the time of the processes before it."""
     final = result.final_metrics if result else {}
     best_metric_name = OmegaConf.select(cfg, "trainer.best_metric")  # None when the config lacks a trainer
-    earlier = getattr(result, "earlier_wall_time_s", 0.0) if result else 0.0
+    earlier = result.earlier_wall_time_s if result else 0.0
     return RunRecord(
         status=status or ("failed" if error else "ok"), error=error,
         best_metric_name=best_metric_name, low_is_best=OmegaConf.select(cfg, "trainer.low_is_best"),
